@@ -1,0 +1,5 @@
+import sys
+
+from ti.cli import main
+
+sys.exit(main())

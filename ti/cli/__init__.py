@@ -1,0 +1,73 @@
+"""`python -m ti …`: the command line over the same functions the UI calls.
+
+Each subcommand lives in its own module under ti/cli/ and exposes
+    register(subparsers) -> None   # adds its parser; sets `func=run` via set_defaults
+    run(args) -> int               # does the work; raises TIError for user errors
+Errors: one line on stderr naming the file/value and the problem, exit status 2, no traceback
+(unless --debug).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from ti.errors import TIError
+
+# Module names under ti/cli/, in the order they appear in --help.
+SUBCOMMAND_MODULES = [
+    "info",
+    "create",
+    "convert",
+    "preprocess",
+    "train_embedding",
+    "hypernetwork",
+    "generate",
+]
+
+
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by every command that loads a model."""
+    parser.add_argument("--model", default=None, help="diffusers folder, .safetensors/.ckpt file, hub id, or 'demo'")
+    parser.add_argument("--model-config", default=None, help="local diffusers folder with configs for a single-file checkpoint")
+    parser.add_argument("--embeddings-dir", default="embeddings", help="folder of embeddings (default: embeddings)")
+    parser.add_argument("--hypernetwork-dir", default="models/hypernetworks", help="folder of hypernetworks")
+    parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when present)")
+    parser.add_argument("--precision", choices=["full", "half", "bf16"], default=None, help="weights precision")
+    parser.add_argument("--no-half", action="store_true", help="same as --precision full")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ti", description="ti-studio: textual inversion and hypernetworks")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"ti.cli.{module_name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"ti.cli.{module_name}":
+                continue  # a command not built yet
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except TIError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,88 @@
+"""Start the ti-studio web UI: flags -> AppServices -> ui.build_app(services).launch()."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="ti-studio web UI")
+    parser.add_argument("--model", default=None, help="diffusers folder, .safetensors/.ckpt, hub id, or 'demo' "
+                        "(default: first checkpoint in models/Stable-diffusion, else demo)")
+    parser.add_argument("--model-config", default=None, help="local diffusers folder with configs for a single-file checkpoint")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--listen", action="store_true", help="bind 0.0.0.0 (default: 127.0.0.1 only)")
+    parser.add_argument("--gradio-auth", default=None, help="user:password (comma-separate several)")
+    parser.add_argument("--embeddings-dir", default="embeddings")
+    parser.add_argument("--hypernetwork-dir", default="models/hypernetworks")
+    parser.add_argument("--models-dir", default="models/Stable-diffusion")
+    parser.add_argument("--outputs-dir", default="outputs")
+    parser.add_argument("--log-dir", default="textual_inversion")
+    parser.add_argument("--templates-dir", default="textual_inversion_templates")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--precision", choices=["full", "half", "bf16"], default=None)
+    parser.add_argument("--no-half", action="store_true", help="same as --precision full")
+    return parser.parse_args(argv)
+
+
+def parse_auth(text: str | None) -> list[tuple[str, str]] | None:
+    if not text:
+        return None
+    pairs = []
+    for item in text.split(","):
+        user, sep, password = item.strip().partition(":")
+        if not sep or not user:
+            raise SystemExit(f"--gradio-auth: expected user:password, got {item.strip()!r}")
+        pairs.append((user, password))
+    return pairs
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    from ti.config import ModelConfig
+    from ti.errors import TIError
+    from ti.pipeline import default_model_source
+    from ui import build_app
+    from ui.services import AppPaths, AppServices
+
+    paths = AppPaths(
+        embeddings_dir=Path(args.embeddings_dir), models_dir=Path(args.models_dir),
+        hypernetwork_dir=Path(args.hypernetwork_dir), outputs_dir=Path(args.outputs_dir),
+        log_dir=Path(args.log_dir), templates_dir=Path(args.templates_dir),
+    )
+    for folder in (paths.embeddings_dir, paths.models_dir, paths.hypernetwork_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    precision = "full" if args.no_half else args.precision
+    source = args.model or default_model_source(paths.models_dir)
+    try:
+        services = AppServices.create(paths, ModelConfig(model=source, model_config=args.model_config,
+                                                         device=args.device, precision=precision))
+    except TIError as exc:
+        if source == "demo":
+            raise
+        print(f"error: {exc}\nstarting with the demo model instead", file=sys.stderr)
+        services = AppServices.create(paths, ModelConfig(model="demo", device=args.device, precision=precision))
+    if services.model.is_demo:
+        print("ti-studio: using the built-in demo model (noise pictures); put a checkpoint in "
+              f"{paths.models_dir}/ or pass --model", file=sys.stderr)
+    app = build_app(services)
+    app.queue(default_concurrency_limit=4)
+    app.launch(
+        server_name="0.0.0.0" if args.listen else "127.0.0.1",
+        server_port=args.port,
+        auth=parse_auth(args.gradio_auth),
+        allowed_paths=[str(paths.outputs_dir.resolve()), str(paths.log_dir.resolve())],
+        footer_links=["api", "settings"],
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""Prompt text -> text-encoder conditioning, with embeddings and emphasis (A1111's behaviour)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+
+from ti.hook import token_embedding_hook
+from ti.prompt import (
+    CHUNK_LENGTH,
+    EmbeddingMatcher,
+    PromptChunk,
+    chunk_prompt,
+    parse_prompt_attention,
+)
+
+
+@dataclass
+class ParsedPrompt:
+    """A prompt split into chunks; which embeddings it used; content tokens used."""
+
+    text: str
+    chunks: list[PromptChunk]
+    token_count: int
+
+    @property
+    def used_embeddings(self) -> list[str]:
+        names: list[str] = []
+        for chunk in self.chunks:
+            for match in chunk.matches:
+                if match.name not in names:
+                    names.append(match.name)
+        return names
+
+
+class PromptEncoder:
+    """Encodes prompts through a tokenizer and text encoder with embedding vectors spliced in.
+
+    vectors_by_name maps an embedding name to its vectors [n, dim]: the loaded files for
+    generation, or the trainable Parameter while training (gradients flow through).
+    """
+
+    def __init__(self, tokenizer, text_encoder, vectors_by_name: Mapping[str, torch.Tensor]):
+        if len(tokenizer) <= 2:
+            raise ValueError("the tokenizer is empty (an offline hub load returns an empty tokenizer)")
+        self.tokenizer = tokenizer
+        self.text_encoder = text_encoder
+        self.vectors_by_name = dict(vectors_by_name)
+        self.matcher = EmbeddingMatcher({n: int(v.shape[0]) for n, v in self.vectors_by_name.items()}, self.tokenize)
+        comma_ids = self.tokenize(",")
+        self.comma_id = comma_ids[0] if len(comma_ids) == 1 else None
+        self.bos_id = tokenizer.bos_token_id
+        self.eos_id = tokenizer.eos_token_id
+        pad = tokenizer.pad_token_id
+        # SD2's OpenCLIP tokenizer pads with id 0 after the first EOS; SD1's pads with EOS.
+        self.pad_id = pad if pad is not None and pad != self.eos_id else None
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+
+    def parse(self, prompt: str) -> ParsedPrompt:
+        chunks, used = chunk_prompt(
+            parse_prompt_attention(prompt), self.tokenize, self.matcher, self.bos_id, self.eos_id, self.comma_id
+        )
+        return ParsedPrompt(prompt, chunks, used)
+
+    def empty_chunk(self) -> PromptChunk:
+        tokens = [self.bos_id] + [self.eos_id] * (CHUNK_LENGTH + 1)
+        return PromptChunk(tokens=tokens, weights=[1.0] * len(tokens))
+
+    def encode(self, prompts: list[str], min_chunks: int = 1) -> tuple[torch.Tensor, list[ParsedPrompt]]:
+        """Returns (conditioning [B, 77·k, C], parsed prompts); k = the most chunks any prompt needs."""
+        parsed = [self.parse(p) for p in prompts]
+        return self.encode_parsed(parsed, min_chunks), parsed
+
+    def encode_parsed(self, parsed: list[ParsedPrompt], min_chunks: int = 1) -> torch.Tensor:
+        num_chunks = max([min_chunks] + [len(p.chunks) for p in parsed])
+        device = self.text_encoder.device
+        outputs = []
+        for index in range(num_chunks):
+            chunks = [p.chunks[index] if index < len(p.chunks) else self.empty_chunk() for p in parsed]
+            outputs.append(self._encode_chunks(chunks, device))
+        return torch.cat(outputs, dim=1)
+
+    def _encode_chunks(self, chunks: list[PromptChunk], device: torch.device) -> torch.Tensor:
+        token_rows = []
+        for chunk in chunks:
+            tokens = list(chunk.tokens)
+            if self.pad_id is not None:
+                first_eos = tokens.index(self.eos_id)
+                tokens = tokens[: first_eos + 1] + [self.pad_id] * (len(tokens) - first_eos - 1)
+            token_rows.append(tokens)
+        input_ids = torch.tensor(token_rows, dtype=torch.long, device=device)
+        splices = [[(m.offset, self.vectors_by_name[m.name]) for m in chunk.matches] for chunk in chunks]
+        with token_embedding_hook(self.text_encoder, splices):
+            hidden = self.text_encoder(input_ids)[0]
+        weights = torch.tensor([c.weights for c in chunks], dtype=torch.float32, device=hidden.device)
+        if torch.all(weights == 1.0):
+            return hidden
+        # A1111 "Original" emphasis: scale each token's output, then restore the overall mean.
+        hidden32 = hidden.float()
+        original_mean = hidden32.mean()
+        hidden32 = hidden32 * weights.unsqueeze(-1)
+        hidden32 = hidden32 * (original_mean / hidden32.mean())
+        return hidden32.to(hidden.dtype)

@@ -1,0 +1,60 @@
+"""Option sets as dataclasses, validated on construction. The UI and the CLI both build these."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from ti.errors import ConfigError
+
+PRECISIONS = ("full", "half", "bf16")
+
+
+@dataclass
+class ModelConfig:
+    """Which model to load and where it runs."""
+
+    model: str = "demo"  # diffusers folder, .safetensors/.ckpt, hub id, or "demo"
+    model_config: str | None = None  # local diffusers folder with configs for a single-file checkpoint
+    device: str | None = None  # None: cuda when present, else cpu
+    precision: str | None = None  # None: half on CUDA, full on CPU
+
+    def __post_init__(self):
+        if not self.model or not str(self.model).strip():
+            raise ConfigError("model", "is empty")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise ConfigError("precision", f"expected one of {PRECISIONS}, got {self.precision!r}")
+
+
+@dataclass
+class GenerateConfig:
+    """One txt2img request, with A1111's defaults."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    steps: int = 20
+    sampler: str = "Euler a"
+    cfg_scale: float = 7.0
+    seed: int = -1  # -1: random
+    width: int = 512
+    height: int = 512
+    batch_count: int = 1
+    batch_size: int = 1
+    extra_params: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not 1 <= int(self.steps) <= 500:
+            raise ConfigError("steps", f"must be between 1 and 500, got {self.steps}")
+        if self.cfg_scale < 0 or self.cfg_scale > 100:
+            raise ConfigError("CFG scale", f"must be between 0 and 100, got {self.cfg_scale}")
+        for name, value in (("width", self.width), ("height", self.height)):
+            if value < 64 or value > 4096 or value % 8:
+                raise ConfigError(name, f"must be a multiple of 8 between 64 and 4096, got {value}")
+        if not 1 <= self.batch_count <= 100:
+            raise ConfigError("batch count", f"must be between 1 and 100, got {self.batch_count}")
+        if not 1 <= self.batch_size <= 64:
+            raise ConfigError("batch size", f"must be between 1 and 64, got {self.batch_size}")
+        if self.seed < -1 or self.seed >= 2**32:
+            raise ConfigError("seed", f"must be -1 (random) or 0..4294967295, got {self.seed}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,180 @@
+"""txt2img over the diffusers pipeline with our prompt conditioning; infotext; saving PNGs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from ti import __version__
+from ti.conditioning import PromptEncoder
+from ti.config import GenerateConfig
+from ti.embedding import Embedding
+from ti.infotext import format_infotext, format_ti_hashes
+from ti.pipeline import LoadedModel
+from ti.samplers import make_scheduler, split_sampler_name
+
+ProgressCallback = Callable[[int, int], None]  # (steps done, steps in all)
+
+
+@dataclass
+class GeneratedImage:
+    image: Image.Image
+    seed: int
+    infotext: str
+    path: Path | None = None
+
+
+@dataclass
+class GenerationResult:
+    images: list[GeneratedImage] = field(default_factory=list)
+    used_embeddings: list[str] = field(default_factory=list)
+    token_count: int = 0
+    negative_token_count: int = 0
+    interrupted: bool = False
+
+
+def resolve_seed(seed: int) -> int:
+    return random.randrange(2**32) if seed == -1 else int(seed)
+
+
+def build_infotext(config: GenerateConfig, seed: int, model: LoadedModel, used: dict[str, Embedding]) -> str:
+    sampler, schedule = split_sampler_name(config.sampler)
+    params: dict[str, object] = {
+        "Steps": config.steps,
+        "Sampler": sampler,
+        "Schedule type": schedule if schedule != "Automatic" else None,
+        "CFG scale": config.cfg_scale,
+        "Seed": seed,
+        "Size": f"{config.width}x{config.height}",
+        "Model hash": model.short_hash,
+        "Model": model.name,
+    }
+    if used:
+        params["TI hashes"] = format_ti_hashes({name: emb.shorthash or "" for name, emb in used.items()})
+    params.update(config.extra_params)
+    params["Version"] = f"ti-studio {__version__}"
+    return format_infotext(config.prompt, config.negative_prompt, params)
+
+
+def txt2img(
+    model: LoadedModel,
+    embeddings: dict[str, Embedding],
+    config: GenerateConfig,
+    on_progress: ProgressCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    unet_context=None,
+) -> GenerationResult:
+    """Generate config.batch_count × config.batch_size images.
+
+    Image i uses seed + i, and each image has its own generator, so a seed gives the same picture
+    whatever its position in a batch. unet_context: an optional context manager factory wrapped
+    around the denoising (hypernetworks use it).
+    """
+    pipe = model.pipe
+    scheduler = make_scheduler(config.sampler, dict(pipe.scheduler.config))
+    # A fresh pipeline object over the same modules: the sampler and the interrupt flag belong to
+    # this call only, so two generations at once don't mix.
+    run_pipe = type(pipe)(**{**pipe.components, "scheduler": scheduler})
+    run_pipe.set_progress_bar_config(disable=True)
+
+    encoder = PromptEncoder(model.tokenizer, model.text_encoder, {n: e.vectors for n, e in embeddings.items()})
+    positive = encoder.parse(config.prompt)
+    negative = encoder.parse(config.negative_prompt)
+    used_names = positive.used_embeddings + [n for n in negative.used_embeddings if n not in positive.used_embeddings]
+    result = GenerationResult(used_embeddings=used_names, token_count=positive.token_count,
+                              negative_token_count=negative.token_count)
+    num_chunks = max(len(positive.chunks), len(negative.chunks))
+    with torch.no_grad():
+        cond = encoder.encode_parsed([positive], num_chunks)
+        uncond = encoder.encode_parsed([negative], num_chunks)
+    batch = config.batch_size
+    cond, uncond = cond.repeat(batch, 1, 1), uncond.repeat(batch, 1, 1)
+    first_seed = resolve_seed(config.seed)
+    total_steps = config.steps * config.batch_count
+    used = {n: embeddings[n] for n in used_names}
+
+    for batch_index in range(config.batch_count):
+        seeds = [(first_seed + batch_index * batch + i) % 2**32 for i in range(batch)]
+        generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
+        # Noise is drawn on the CPU so the same seed gives the same picture on any device.
+        latents = torch.stack([
+            torch.randn((4, config.height // 8, config.width // 8), generator=g, dtype=torch.float32)
+            for g in generators
+        ]).to(device=model.device, dtype=model.dtype)
+
+        def step_end(pipeline, step, timestep, kwargs, _base=batch_index * config.steps):
+            if on_progress:
+                on_progress(_base + step + 1, total_steps)
+            if should_stop and should_stop():
+                pipeline._interrupt = True
+            return kwargs
+
+        context = unet_context() if unet_context else _null_context()
+        with context:
+            output = run_pipe(
+                prompt_embeds=cond,
+                negative_prompt_embeds=uncond,
+                num_inference_steps=config.steps,
+                guidance_scale=config.cfg_scale,
+                height=config.height,
+                width=config.width,
+                latents=latents,
+                generator=generators,
+                callback_on_step_end=step_end,
+            )
+        for image, seed in zip(output.images, seeds):
+            result.images.append(GeneratedImage(image=image, seed=seed, infotext=build_infotext(config, seed, model, used)))
+        if should_stop and should_stop():
+            result.interrupted = True
+            break
+    return result
+
+
+class _null_context:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+_NUMBERED = re.compile(r"^(\d{5})-")
+
+
+def next_image_number(folder: Path) -> int:
+    numbers = [int(m.group(1)) for p in folder.glob("*.png") if (m := _NUMBERED.match(p.name))]
+    return max(numbers, default=-1) + 1
+
+
+def save_png_with_infotext(image: Image.Image, infotext: str, path: Path) -> Path:
+    """Write a PNG with the infotext in its `parameters` text chunk, atomically."""
+    info = PngInfo()
+    info.add_text("parameters", infotext)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    image.save(tmp, format="PNG", pnginfo=info)
+    os.replace(tmp, path)
+    return path
+
+
+def save_generated(result: GenerationResult, outputs_dir: Path, when: dt.date | None = None) -> list[Path]:
+    """Save under <outputs>/txt2img-images/<YYYY-MM-DD>/<NNNNN>-<seed>.png, numbered like A1111."""
+    folder = Path(outputs_dir) / "txt2img-images" / (when or dt.date.today()).isoformat()
+    folder.mkdir(parents=True, exist_ok=True)
+    number = next_image_number(folder)
+    paths = []
+    for generated in result.images:
+        path = folder / f"{number:05d}-{generated.seed}.png"
+        generated.path = save_png_with_infotext(generated.image, generated.infotext, path)
+        paths.append(path)
+        number += 1
+    return paths

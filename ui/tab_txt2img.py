@@ -1,0 +1,115 @@
+"""txt2img tab: prompts with live token counters, the embeddings list, gallery and infotext."""
+
+from __future__ import annotations
+
+import html
+import threading
+
+import gradio as gr
+
+from ti.conditioning import PromptEncoder
+from ti.config import GenerateConfig
+from ti.generate import save_generated, txt2img
+from ti.samplers import sampler_names
+from ui.errors import user_error
+from ui.services import AppServices
+
+
+def token_counter_text(services: AppServices, prompt: str) -> str:
+    snapshot = services.library.snapshot
+    model = services.model
+    encoder = PromptEncoder(model.tokenizer, model.text_encoder, {n: e.vectors for n, e in snapshot.embeddings.items()})
+    try:
+        parsed = encoder.parse(prompt or "")
+    except Exception as exc:
+        return f"⚠ {exc}"
+    limit = max(1, len(parsed.chunks)) * 75
+    return f"{parsed.token_count}/{limit}"
+
+
+def embeddings_table(services: AppServices) -> str:
+    snapshot = services.library.snapshot
+    lines = [f"**Embeddings** in `{services.paths.embeddings_dir}` ({len(snapshot.embeddings)} usable by name):"]
+    if snapshot.embeddings:
+        lines += ["", "| name | vectors | width | step | hash |", "|---|---|---|---|---|"]
+        for name, emb in snapshot.embeddings.items():
+            lines.append(f"| {html.escape(name)} | {emb.num_vectors} | {emb.dim} | {emb.step if emb.step is not None else ''} | {emb.shorthash or ''} |")
+    else:
+        lines.append("\n_none yet: drop .pt, .bin, .safetensors or PNG embeddings into the folder._")
+    if snapshot.skipped:
+        lines += ["", f"**Skipped** ({len(snapshot.skipped)}):", ""]
+        lines += [f"- `{html.escape(s.path.name)}`: {html.escape(s.reason)}" for s in snapshot.skipped]
+    for warning in snapshot.warnings:
+        lines.append(f"\n⚠ {html.escape(warning)}")
+    return "\n".join(lines)
+
+
+def build_txt2img_tab(services: AppServices) -> dict[str, gr.components.Component]:
+    stop_event = threading.Event()
+    with gr.Row():
+        with gr.Column(scale=3):
+            prompt = gr.Textbox(label="Prompt", lines=3, elem_id="txt2img_prompt",
+                                placeholder="a photo of my-embedding, (detailed:1.2)")
+            prompt_tokens = gr.Markdown("0/75", elem_id="txt2img_token_counter")
+            negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="txt2img_neg_prompt")
+            negative_tokens = gr.Markdown("0/75", elem_id="txt2img_neg_token_counter")
+        with gr.Column(scale=1):
+            generate = gr.Button("Generate", variant="primary", elem_id="txt2img_generate")
+            interrupt = gr.Button("Interrupt", elem_id="txt2img_interrupt")
+    with gr.Row():
+        with gr.Column():
+            sampler = gr.Dropdown(label="Sampling method", choices=sampler_names(), value="Euler a", elem_id="txt2img_sampler")
+            steps = gr.Slider(label="Sampling steps", minimum=1, maximum=150, step=1, value=20, elem_id="txt2img_steps")
+            with gr.Row():
+                width = gr.Slider(label="Width", minimum=64, maximum=2048, step=8, value=512, elem_id="txt2img_width")
+                height = gr.Slider(label="Height", minimum=64, maximum=2048, step=8, value=512, elem_id="txt2img_height")
+            with gr.Row():
+                batch_count = gr.Slider(label="Batch count", minimum=1, maximum=100, step=1, value=1)
+                batch_size = gr.Slider(label="Batch size", minimum=1, maximum=8, step=1, value=1)
+            cfg = gr.Slider(label="CFG scale", minimum=1, maximum=30, step=0.5, value=7, elem_id="txt2img_cfg")
+            seed = gr.Number(label="Seed (-1: random)", value=-1, precision=0, elem_id="txt2img_seed")
+            embeddings_md = gr.Markdown(embeddings_table(services), elem_id="embeddings_list")
+            refresh = gr.Button("🔄 Refresh embeddings", elem_id="embeddings_refresh")
+        with gr.Column():
+            gallery = gr.Gallery(label="Output", elem_id="txt2img_gallery", columns=2, height="auto")
+            infotext = gr.Textbox(label="Generation parameters", lines=4, interactive=False, elem_id="txt2img_infotext")
+            used = gr.Markdown("", elem_id="txt2img_used_embeddings")
+
+    def on_refresh():
+        services.library.refresh(force=True)
+        return embeddings_table(services)
+
+    def on_generate(prompt_text, negative_text, sampler_name, steps_value, cfg_value, seed_value, width_value,
+                    height_value, count_value, size_value, progress=gr.Progress()):
+        stop_event.clear()
+        try:
+            config = GenerateConfig(
+                prompt=prompt_text or "", negative_prompt=negative_text or "", steps=int(steps_value),
+                sampler=sampler_name, cfg_scale=float(cfg_value), seed=int(seed_value if seed_value is not None else -1),
+                width=int(width_value), height=int(height_value), batch_count=int(count_value), batch_size=int(size_value),
+            )
+            snapshot = services.library.refresh()
+            result = txt2img(services.model, snapshot.embeddings, config,
+                             on_progress=lambda done, total: progress(done / total, desc="Generating"),
+                             should_stop=stop_event.is_set)
+            save_generated(result, services.paths.outputs_dir)
+        except Exception as exc:
+            raise user_error(exc) from exc
+        items = [(str(g.path), f"seed {g.seed}") for g in result.images]
+        used_text = ""
+        if result.used_embeddings:
+            parts = [f"{n} [{snapshot.embeddings[n].shorthash}]" for n in result.used_embeddings]
+            used_text = "Used embeddings: " + ", ".join(parts)
+        first = result.images[0].infotext if result.images else ""
+        return items, first, used_text, embeddings_table(services)
+
+    prompt.change(lambda text: token_counter_text(services, text), inputs=[prompt], outputs=[prompt_tokens])
+    negative.change(lambda text: token_counter_text(services, text), inputs=[negative], outputs=[negative_tokens])
+    refresh.click(on_refresh, outputs=[embeddings_md])
+    generate.click(
+        on_generate,
+        inputs=[prompt, negative, sampler, steps, cfg, seed, width, height, batch_count, batch_size],
+        outputs=[gallery, infotext, used, embeddings_md],
+    )
+    interrupt.click(lambda: stop_event.set())
+    return {"prompt": prompt, "negative": negative, "generate": generate, "gallery": gallery, "infotext": infotext}

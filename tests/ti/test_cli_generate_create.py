@@ -1,0 +1,42 @@
+"""`python -m ti generate` and `python -m ti create` as a user runs them."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_ti(*args, cwd):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "ti", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_create_then_generate_with_it(tmp_path):
+    created = run_ti("create", "my-thing", "--init-text", "tree", "--vectors", "2", "--model", "demo", cwd=tmp_path)
+    assert created.returncode == 0, created.stderr
+    assert (tmp_path / "embeddings" / "my-thing.pt").is_file()
+    again = run_ti("create", "my-thing", "--model", "demo", cwd=tmp_path)
+    assert again.returncode == 2
+    assert again.stderr.strip().count("\n") == 0 and "already exists" in again.stderr
+
+    out = tmp_path / "pic.png"
+    result = run_ti("generate", "a my-thing by monet", "--model", "demo", "--size", "64x64", "--steps", "2",
+                    "--seed", "5", "--out", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "used embeddings: my-thing" in result.stdout
+    with Image.open(out) as image:
+        text = image.text["parameters"]
+        assert image.size == (64, 64)
+    assert text.startswith("a my-thing by monet\nSteps: 2, Sampler: Euler a, CFG scale: 7, Seed: 5, Size: 64x64")
+    assert 'TI hashes: "my-thing: ' in text
+
+
+def test_generate_bad_size_is_one_line_exit_2(tmp_path):
+    result = run_ti("generate", "x", "--model", "demo", "--size", "64by64", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: size: expected WxH such as 512x512, got '64by64'"

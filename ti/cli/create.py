@@ -1,0 +1,31 @@
+"""`python -m ti create NAME --init-text TEXT --vectors N`: a new embedding in --embeddings-dir."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    from ti.cli import add_model_flags
+
+    parser = subparsers.add_parser("create", help="create an embedding to train")
+    parser.add_argument("name")
+    parser.add_argument("--init-text", default="*", help="text whose token vectors start the embedding ('' = zeros)")
+    parser.add_argument("--vectors", type=int, default=1, help="vectors per token, 1-75 (each costs one prompt token)")
+    parser.add_argument("--overwrite", action="store_true")
+    add_model_flags(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ti.config import ModelConfig
+    from ti.create import create_embedding
+    from ti.pipeline import default_model_source, load_model
+
+    precision = "full" if args.no_half else args.precision
+    model = load_model(ModelConfig(model=args.model or default_model_source(Path("models/Stable-diffusion")),
+                                   model_config=args.model_config, device=args.device, precision=precision))
+    path = create_embedding(model, args.name, args.init_text, args.vectors, Path(args.embeddings_dir), args.overwrite)
+    print(f"created {path} ({args.vectors} vector(s), {model.text_width} wide, for {model.name} [{model.short_hash}])")
+    return 0

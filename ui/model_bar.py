@@ -11,7 +11,7 @@ DEMO_NOTICE = (
     "**You are using the built-in demo model.** It is a tiny random network, so its pictures are noise; "
     "it is here so every tab works end to end without a download. To use a real model, put a Stable "
     "Diffusion checkpoint (`.safetensors`/`.ckpt`, or a diffusers folder) in `models/Stable-diffusion/` "
-    "and pick it above (🔄 refreshes the list), or start with `./webui.sh --model PATH`."
+    "and pick it above (Refresh updates the list), or start with `./webui.sh --model PATH`."
 )
 
 
@@ -28,7 +28,7 @@ def build_model_bar(services: AppServices) -> dict[str, gr.components.Component]
             label="Stable Diffusion checkpoint", choices=services.model_choices(), value=services.model.source,
             elem_id="model_dropdown", scale=4,
         )
-        refresh = gr.Button("🔄", elem_id="model_refresh", scale=0, min_width=60)
+        refresh = gr.Button("Refresh", elem_id="model_refresh", scale=0, min_width=60)
     status = gr.Markdown(model_status(services), elem_id="model_status")
 
     def on_refresh():

@@ -69,7 +69,7 @@ def build_txt2img_tab(services: AppServices) -> dict[str, gr.components.Componen
             cfg = gr.Slider(label="CFG scale", minimum=1, maximum=30, step=0.5, value=7, elem_id="txt2img_cfg")
             seed = gr.Number(label="Seed (-1: random)", value=-1, precision=0, elem_id="txt2img_seed")
             embeddings_md = gr.Markdown(embeddings_table(services), elem_id="embeddings_list")
-            refresh = gr.Button("🔄 Refresh embeddings", elem_id="embeddings_refresh")
+            refresh = gr.Button("Refresh embeddings", elem_id="embeddings_refresh")
         with gr.Column():
             gallery = gr.Gallery(label="Output", elem_id="txt2img_gallery", columns=2, height="auto")
             infotext = gr.Textbox(label="Generation parameters", lines=4, interactive=False, elem_id="txt2img_infotext")

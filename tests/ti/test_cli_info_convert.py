@@ -1,0 +1,150 @@
+"""`python -m ti info` and `python -m ti convert`: output fields, round trips, errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ti.cli import main
+from ti.formats import load_embedding_file
+from ti.formats.a1111_pt import torch_bytes_a1111_accepts
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# file -> the README table's values, as `info --json` reports them.
+EXPECTED_INFO = {
+    "test_embedding.png": {"name": "rick", "format": "png", "vectors": 8, "dim": 768, "model_family": "sd1", "step": 60, "checkpoint_hash": None, "checkpoint_name": None},
+    "bad-hands-5.pt": {"name": "bad-hands-5", "format": "a1111-pt", "vectors": 2, "dim": 768, "model_family": "sd1", "step": 1364, "checkpoint_hash": "7ab762a7", "checkpoint_name": "blossom-extract"},
+    "nfixer.pt": {"name": "nfixer", "format": "a1111-pt", "vectors": 15, "dim": 1024, "model_family": "sd2", "step": 270, "checkpoint_hash": "cae1bee30e", "checkpoint_name": "illuminatidiffusion_v1.1"},
+    "EasyNegativeV2.safetensors": {"name": "EasyNegativeV2", "format": "safetensors", "vectors": 16, "dim": 768, "model_family": "sd1", "step": None, "checkpoint_hash": None, "checkpoint_name": None},
+    "learned_embeds.bin": {"name": "learned_embeds", "format": "diffusers", "vectors": 1, "dim": 768, "model_family": "sd1", "step": None, "checkpoint_hash": None, "checkpoint_name": None},
+    "hades.pt": {"name": "hades", "format": "a1111-pt", "vectors": 17, "dim": 768, "model_family": "sd1", "step": None, "checkpoint_hash": None, "checkpoint_name": None},
+    "SDXL-Detail.safetensors": {"name": "SDXL-Detail", "format": "safetensors", "vectors": 2, "dim": 2048, "model_family": "sdxl", "step": None, "checkpoint_hash": None, "checkpoint_name": None},
+}
+
+
+def _run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    status = main(list(argv))
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+@pytest.mark.parametrize("file_name", list(EXPECTED_INFO))
+def test_info_json_for_each_real_file(real_files_dir, capsys, file_name):
+    path = real_files_dir / file_name
+    status, out, _ = _run_cli(capsys, "info", str(path), "--json")
+
+    assert status == 0
+    assert out.count("\n") == 1, "one JSON object on one line"
+    assert json.loads(out) == {"type": "embedding", **EXPECTED_INFO[file_name], "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+def test_info_human_readable(real_files_dir, capsys):
+    status, out, _ = _run_cli(capsys, "info", str(real_files_dir / "bad-hands-5.pt"))
+    assert status == 0
+    lines = dict(line.split(":", 1) for line in out.splitlines())
+    assert lines["name"].strip() == "bad-hands-5"
+    assert lines["vectors"].strip() == "2" and lines["width"].strip() == "768"
+    assert lines["checkpoint hash"].strip() == "7ab762a7"
+
+
+def test_info_on_a_hypernetwork_says_so(tmp_path, capsys):
+    path = tmp_path / "hn.pt"
+    path.write_bytes(torch_bytes_a1111_accepts({768: ({"linear.0.weight": torch.ones(2, 2)}, {}), "name": "hn", "step": 3}))
+    status, out, err = _run_cli(capsys, "info", str(path), "--json")
+    assert status == 2 and out == ""
+    assert err == f"error: {path}: is a hypernetwork file; hypernetwork support is not built yet\n"
+
+
+SUFFIXES = [".pt", ".bin", ".safetensors", ".png", ".webp"]
+
+
+@pytest.mark.parametrize("target_suffix", SUFFIXES)
+@pytest.mark.parametrize("source_name", ["bad-hands-5.pt", "SDXL-Detail.safetensors", "test_embedding.png"])
+def test_convert_keeps_the_vectors(real_files_dir, tmp_path, capsys, source_name, target_suffix):
+    source = real_files_dir / source_name
+    target = tmp_path / f"converted{target_suffix}"
+
+    status, out, _ = _run_cli(capsys, "convert", str(source), str(target))
+
+    assert status == 0 and out.startswith(f"wrote {target}")
+    original, converted = load_embedding_file(source), load_embedding_file(target)
+    assert torch.equal(converted.vectors, original.vectors)
+    assert converted.name == "converted" and converted.is_sdxl == original.is_sdxl
+    if target_suffix != ".bin":
+        assert (converted.step, converted.checkpoint_hash, converted.checkpoint_name) == (original.step, original.checkpoint_hash, original.checkpoint_name)
+
+
+def test_convert_refuses_to_overwrite_without_the_flag(real_files_dir, tmp_path, capsys):
+    target = tmp_path / "out.safetensors"
+    target.write_bytes(b"keep me")
+
+    status, _, err = _run_cli(capsys, "convert", str(real_files_dir / "nfixer.pt"), str(target))
+    assert status == 2 and "exists; pass --overwrite" in err and str(target) in err
+    assert target.read_bytes() == b"keep me"
+
+    status, _, _ = _run_cli(capsys, "convert", str(real_files_dir / "nfixer.pt"), str(target), "--overwrite")
+    assert status == 0 and load_embedding_file(target).num_vectors == 15
+
+
+@pytest.mark.parametrize(
+    "make_args, expected",
+    [
+        (lambda d, real: [str(real / "nfixer.pt"), str(d / "out.txt")], "unknown extension '.txt'"),
+        (lambda d, real: [str(d / "missing.pt"), str(d / "out.pt")], "does not exist"),
+        (lambda d, real: [str(real / "nfixer.pt"), str(real / "nfixer.pt"), "--overwrite"], "is the input file itself"),
+    ],
+)
+def test_convert_errors(real_files_dir, tmp_path, capsys, make_args, expected):
+    status, out, err = _run_cli(capsys, "convert", *make_args(tmp_path, real_files_dir))
+    assert status == 2 and expected in err and err.count("\n") == 1
+
+
+class _Hostile:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch '{self.marker}'",))
+
+
+def test_command_line_in_subprocesses(real_files_dir, tmp_path):
+    """The real entry point: `python -m ti …`, run as users run it (in parallel, to save time)."""
+    marker = tmp_path / "marker"
+    hostile = tmp_path / "hostile.pt"
+    hostile.write_bytes(pickle.dumps(_Hostile(marker), protocol=2))
+    commands = {
+        "info": ["info", str(real_files_dir / "nfixer.pt"), "--json"],
+        "png to pt": ["convert", str(real_files_dir / "test_embedding.png"), str(tmp_path / "rick.pt")],
+        "hostile": ["info", str(hostile)],
+    }
+    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    running = {
+        name: subprocess.Popen([sys.executable, "-m", "ti", *argv], cwd=REPO_ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for name, argv in commands.items()
+    }
+    results = {name: (process.wait(timeout=120), *process.communicate()) for name, process in running.items()}
+
+    status, out, err = results["info"]
+    assert status == 0, err
+    assert json.loads(out)["vectors"] == 15 and json.loads(out)["model_family"] == "sd2"
+
+    status, out, err = results["png to pt"]
+    assert status == 0 and out.startswith(f"wrote {tmp_path / 'rick.pt'} (a1111-pt, 8 x 768, sd1)"), err
+    rick = load_embedding_file(tmp_path / "rick.pt")
+    assert torch.equal(rick.vectors, load_embedding_file(real_files_dir / "test_embedding.png").vectors)
+    assert (rick.name, rick.step) == ("rick", 60)
+
+    status, out, err = results["hostile"]
+    assert status == 2 and out == ""
+    assert err.startswith(f"error: {hostile}: refused: it names posix.system") or "names nt.system" in err
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert not marker.exists()

@@ -1,0 +1,112 @@
+"""Pure mapping from the Train tab's widget values to a TrainConfig, and progress text."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ti.train import TrainConfig
+
+# Widget labels by TrainConfig field, so an error names what the user sees.
+FIELD_LABELS = {
+    "name": "Embedding", "data_dir": "Dataset directory", "learning_rate": "Embedding learning rate",
+    "batch_size": "Batch size", "grad_accum": "Gradient accumulation steps", "clip_grad": "Gradient clipping",
+    "clip_value": "Clip value", "log_dir": "Log directory", "template": "Prompt template", "width": "Width",
+    "height": "Height", "max_steps": "Max steps", "save_every": "Save an embedding copy every N steps",
+    "preview_every": "Save an image every N steps", "preview_prompt": "Preview prompt", "tag_dropout": "Drop out tags",
+    "filewords_regex": "Filename word regex", "seed": "Seed", "preview_seed": "Preview seed",
+    "preview_steps": "Preview steps", "preview_cfg": "Preview CFG scale",
+}
+
+
+def _int(value, default=0):
+    return default if value is None or value == "" else int(value)
+
+
+def build_train_config(values: dict, templates_dir: Path) -> TrainConfig:
+    """values: widget values keyed by TrainConfig field name. Raises ConfigError (field = the label)."""
+    from ti.errors import ConfigError
+
+    try:
+        return TrainConfig(
+            name=(values.get("name") or "").strip(),
+            data_dir=Path((values.get("data_dir") or "").strip() or "."),
+            learning_rate=values.get("learning_rate") or "",
+            batch_size=_int(values.get("batch_size"), 1),
+            grad_accum=_int(values.get("grad_accum"), 1),
+            clip_grad=values.get("clip_grad") or "none",
+            clip_value=values.get("clip_value") or "0.1",
+            log_dir=values.get("log_dir") or "",
+            template=values.get("template") or "",
+            templates_dir=str(templates_dir),
+            width=_int(values.get("width"), 512),
+            height=_int(values.get("height"), 512),
+            no_resize=bool(values.get("no_resize")),
+            max_steps=_int(values.get("max_steps"), 100000),
+            save_every=_int(values.get("save_every")),
+            preview_every=_int(values.get("preview_every")),
+            png_embedding=bool(values.get("png_embedding")),
+            preview_prompt=values.get("preview_prompt") or "",
+            preview_negative_prompt=values.get("preview_negative_prompt") or "",
+            preview_sampler=values.get("preview_sampler") or "Euler a",
+            preview_steps=_int(values.get("preview_steps"), 20),
+            preview_cfg=float(values.get("preview_cfg") or 7.0),
+            preview_seed=_int(values.get("preview_seed"), -1),
+            shuffle_tags=bool(values.get("shuffle_tags")),
+            tag_dropout=float(values.get("tag_dropout") or 0.0),
+            latent_sampling=values.get("latent_sampling") or "once",
+            alpha_weight=bool(values.get("alpha_weight")),
+            flip=bool(values.get("flip")),
+            filewords_regex=values.get("filewords_regex") or "",
+            filewords_join=values.get("filewords_join") if values.get("filewords_join") is not None else " ",
+            seed=_int(values.get("seed")),
+            unload_vae=bool(values.get("unload_vae")),
+        )
+    except ConfigError as error:
+        label = FIELD_LABELS.get(error.field, error.field)
+        message = str(error).split(": ", 1)[-1]
+        raise ConfigError(label, message) from None
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def progress_text(snapshot) -> str:
+    """One status block from a JobSnapshot of a training job."""
+    if not snapshot.kind.startswith("train"):
+        return "Not training."
+    details = snapshot.details
+    if snapshot.running:
+        head = f"**{snapshot.title}**: step {snapshot.step}/{snapshot.total}"
+        parts = [head]
+        if "loss" in details:
+            parts.append(f"loss {details['loss']:.6f}")
+        if "learning_rate" in details:
+            parts.append(f"lr {details['learning_rate']:g}")
+        eta = snapshot.eta_seconds
+        if eta is not None:
+            parts.append(f"time left ≈ {format_duration(eta)}")
+        text = " · ".join(parts)
+        if snapshot.message:
+            text += f"\n\n{snapshot.message}"
+        return text
+    if snapshot.error:
+        return f"**{snapshot.title}** stopped with an error: {snapshot.error}"
+    result = snapshot.result
+    if result is None:
+        return f"**{snapshot.title}** ended."
+    elapsed = format_duration((snapshot.finished_at or time.time()) - snapshot.started_at)
+    lines = [f"**{snapshot.title}** {result.stop_reason} at step {result.step} ({elapsed}). {result.message}"]
+    lines += [f"- {note}" for note in result.notes]
+    if result.skipped_images:
+        lines.append(f"Skipped {len(result.skipped_images)} image(s):")
+        lines += [f"- `{s.path.name}`: {s.reason}" for s in result.skipped_images]
+    if result.log_dir:
+        lines.append(f"Log folder: `{result.log_dir}`")
+    return "\n".join(lines)

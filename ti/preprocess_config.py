@@ -80,6 +80,10 @@ class PreprocessConfig:
                 raise ConfigError(name.replace("_", " "), f"must be a multiple of 64 between 64 and 4096, got {value!r}")
         if self.auto_crop_min_size > self.auto_crop_max_size:
             raise ConfigError("auto crop min size", f"{self.auto_crop_min_size} is above the max size {self.auto_crop_max_size}")
+        for name in ("auto_crop_min_area", "auto_crop_max_area"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(name.replace("_", " "), f"must be a whole number of pixels, got {value!r}")
         if not 0 < self.auto_crop_min_area <= self.auto_crop_max_area:
             raise ConfigError(
                 "auto crop min area",

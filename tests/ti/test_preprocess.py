@@ -613,3 +613,13 @@ def test_cancel_mid_way_keeps_what_was_written(tmp_path):
     assert output_names(tmp_path) == ["00000-0-0.png", "00000-1-0.png", "00001-0-1.png", "00001-1-1.png"]
     assert calls[-1] == (2, 5, "1.png")
     assert result.summary() == "2 of 5 files: wrote 4 pictures and 0 captions (cancelled)"
+
+
+@pytest.mark.parametrize("field, value", [("auto_crop_min_area", None), ("auto_crop_max_area", "big")])
+def test_auto_crop_area_must_be_a_number(tmp_path, field, value):
+    from ti.errors import ConfigError
+    from ti.preprocess import PreprocessConfig
+
+    (tmp_path / "src").mkdir()
+    with pytest.raises(ConfigError, match="area"):
+        PreprocessConfig(source=tmp_path / "src", destination=tmp_path / "dst", **{field: value})

@@ -1,0 +1,69 @@
+"""`python -m ti create-hypernetwork NAME ...`: a new hypernetwork file in --hypernetwork-dir.
+
+Flags and defaults follow A1111's create form (a1111-compat.md §8). No model is loaded: a
+fresh hypernetwork records no checkpoint. (train-hypernetwork will be registered here too.)
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+DEFAULT_SIZES = "768,320,640,1280"
+
+
+def register(subparsers) -> None:
+    """Add the hypernetwork subcommands."""
+    register_create(subparsers)
+
+
+def register_create(subparsers) -> None:
+    parser = subparsers.add_parser("create-hypernetwork", help="create a hypernetwork to train")
+    parser.add_argument("name", help="file name without .pt (letters, digits, '._- ')")
+    parser.add_argument("--sizes", default=DEFAULT_SIZES,
+                        help=f"context widths to make module pairs for (default {DEFAULT_SIZES}: SD1 text + self-attention; 1024 for SD2 text)")
+    parser.add_argument("--layers", default="1,2,1", help="layer structure: width multipliers, starting and ending with 1 (default 1,2,1)")
+    parser.add_argument("--activation", default="linear", help="linear, relu, leakyrelu, elu, swish (= Hardswish, as A1111), tanh, sigmoid, or any torch activation lower-cased")
+    parser.add_argument("--init", default="Normal", help="weight initialization: Normal, KaimingUniform, KaimingNormal, XavierUniform, XavierNormal")
+    parser.add_argument("--layer-norm", action="store_true", help="a LayerNorm after each layer")
+    parser.add_argument("--dropout", action="store_true", help="use dropout while training")
+    parser.add_argument("--dropout-structure", default=None,
+                        help="one dropout probability per layer structure entry, first and last 0 (needs --dropout; default 0,...,0)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing file of that name")
+    parser.add_argument("--hypernetwork-dir", default="models/hypernetworks", help="folder of hypernetworks (default models/hypernetworks)")
+    parser.add_argument("--seed", type=int, default=None, help="seed for the initial weights (default random)")
+    parser.set_defaults(func=run_create)
+
+
+def _dropout_structure(args: argparse.Namespace, layer_structure: list[float]) -> list[float] | None:
+    """A1111's rule: the structure counts only with dropout on; otherwise all zeros."""
+    from ti.errors import ConfigError
+    from ti.hypernetwork import parse_number_list
+
+    if args.dropout_structure is None:
+        return None  # zeros, or A1111's default when --dropout
+    if not args.dropout:
+        raise ConfigError("--dropout-structure", "is used only with --dropout; add --dropout or leave it out")
+    dropout_structure = parse_number_list(args.dropout_structure, "--dropout-structure")
+    if len(dropout_structure) == len(layer_structure) and (dropout_structure[0] != 0 or dropout_structure[-1] != 0):
+        raise ConfigError("--dropout-structure", f"must start and end with 0 (no dropout on the input or the output), got {args.dropout_structure!r}")
+    return dropout_structure
+
+
+def run_create(args: argparse.Namespace) -> int:
+    from ti.hypernetwork import HypernetworkStructure, create_hypernetwork, parse_number_list, parse_sizes
+
+    layer_structure = parse_number_list(args.layers, "--layers")
+    structure = HypernetworkStructure(
+        layer_structure=tuple(layer_structure),
+        activation=args.activation,
+        weight_init=args.init,
+        layer_norm=args.layer_norm,
+        use_dropout=args.dropout,
+        dropout_structure=_dropout_structure(args, layer_structure),
+    )
+    sizes = parse_sizes(args.sizes)
+    path = create_hypernetwork(args.name, Path(args.hypernetwork_dir), sizes, structure, overwrite=args.overwrite, seed=args.seed)
+    layers = ", ".join(f"{value:g}" for value in structure.layer_structure)
+    print(f"created {path} (widths {', '.join(map(str, sizes))}; layers {layers}; {structure.activation}; {structure.weight_init})")
+    return 0

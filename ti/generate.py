@@ -18,7 +18,10 @@ from ti import __version__
 from ti.conditioning import PromptEncoder
 from ti.config import GenerateConfig
 from ti.embedding import Embedding
+from ti.errors import ConfigError
+from ti.hypernetwork import HypernetworkLibrary, apply_hypernetworks, parse_hypernet_tags
 from ti.infotext import format_infotext, format_ti_hashes
+from ti.locks import module_lock
 from ti.pipeline import LoadedModel
 from ti.samplers import make_scheduler, split_sampler_name
 
@@ -40,6 +43,8 @@ class GenerationResult:
     token_count: int = 0
     negative_token_count: int = 0
     interrupted: bool = False
+    hypernetworks: list[tuple[str, float]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def resolve_seed(seed: int) -> int:
@@ -65,19 +70,30 @@ def build_infotext(config: GenerateConfig, seed: int, model: LoadedModel, used: 
     return format_infotext(config.prompt, config.negative_prompt, params)
 
 
+def with_default_hypernetwork(prompt: str, default_hypernetwork: str | None) -> str:
+    """A1111's "add hypernetwork to prompt" setting: append `<hypernet:name:1>` unless already there."""
+    if not default_hypernetwork:
+        return prompt
+    _, tags = parse_hypernet_tags(prompt)
+    if any(name == default_hypernetwork for name, _ in tags):
+        return prompt
+    return f"{prompt} <hypernet:{default_hypernetwork}:1>".strip()
+
+
 def txt2img(
     model: LoadedModel,
     embeddings: dict[str, Embedding],
     config: GenerateConfig,
     on_progress: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
-    unet_context=None,
+    hypernetworks: HypernetworkLibrary | None = None,
 ) -> GenerationResult:
     """Generate config.batch_count × config.batch_size images.
 
     Image i uses seed + i, and each image has its own generator, so a seed gives the same picture
-    whatever its position in a batch. unet_context: an optional context manager factory wrapped
-    around the denoising (hypernetworks use it).
+    whatever its position in a batch. `<hypernet:name:strength>` tags in the prompt apply
+    hypernetworks from `hypernetworks` (tags in the negative prompt are removed and ignored, as
+    hypernetworks act on the whole UNet); the infotext keeps the tags, as A1111's does.
     """
     pipe = model.pipe
     scheduler = make_scheduler(config.sampler, dict(pipe.scheduler.config))
@@ -86,12 +102,18 @@ def txt2img(
     run_pipe = type(pipe)(**{**pipe.components, "scheduler": scheduler})
     run_pipe.set_progress_bar_config(disable=True)
 
+    prompt_text, hypernet_tags = parse_hypernet_tags(config.prompt)
+    negative_text, _ = parse_hypernet_tags(config.negative_prompt)
+    if hypernet_tags and hypernetworks is None:
+        raise ConfigError("prompt", "uses <hypernet:…> tags, but no hypernetwork folder is set")
+    hypernetwork_pairs = hypernetworks.resolve(hypernet_tags) if hypernet_tags else []
+
     encoder = PromptEncoder(model.tokenizer, model.text_encoder, {n: e.vectors for n, e in embeddings.items()})
-    positive = encoder.parse(config.prompt)
-    negative = encoder.parse(config.negative_prompt)
+    positive = encoder.parse(prompt_text)
+    negative = encoder.parse(negative_text)
     used_names = positive.used_embeddings + [n for n in negative.used_embeddings if n not in positive.used_embeddings]
     result = GenerationResult(used_embeddings=used_names, token_count=positive.token_count,
-                              negative_token_count=negative.token_count)
+                              negative_token_count=negative.token_count, hypernetworks=list(hypernet_tags))
     num_chunks = max(len(positive.chunks), len(negative.chunks))
     with torch.no_grad():
         cond = encoder.encode_parsed([positive], num_chunks)
@@ -118,8 +140,10 @@ def txt2img(
                 pipeline._interrupt = True
             return kwargs
 
-        context = unet_context() if unet_context else _null_context()
-        with context:
+        # Hypernetworks set the shared UNet's attention processors: hold its lock meanwhile.
+        with module_lock(pipe.unet), apply_hypernetworks(pipe.unet, hypernetwork_pairs) as applied:
+            if batch_index == 0:
+                result.notes += applied.unmatched_messages()
             output = run_pipe(
                 prompt_embeds=cond,
                 negative_prompt_embeds=uncond,
@@ -137,14 +161,6 @@ def txt2img(
             result.interrupted = True
             break
     return result
-
-
-class _null_context:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 _NUMBERED = re.compile(r"^(\d{5})-")

@@ -7,26 +7,16 @@ spliced with torch.cat, so gradients reach them: training and generation share t
 
 from __future__ import annotations
 
-import threading
-import weakref
 from contextlib import contextmanager
 from typing import Iterator, Sequence
 
 import torch
 from torch import nn
 
+from ti.locks import module_lock
+
 # (offset into the content tokens, vectors [n, dim]) for each batch row.
 RowSplices = Sequence[tuple[int, torch.Tensor]]
-
-# One lock per text encoder: while one thread's hook is installed, another thread's encode waits
-# (encoding takes milliseconds; training and generation may share a model).
-_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
-_LOCKS_GUARD = threading.Lock()
-
-
-def _lock_for(text_encoder: nn.Module) -> threading.RLock:
-    with _LOCKS_GUARD:
-        return _LOCKS.setdefault(text_encoder, threading.RLock())
 
 
 class SplicingEmbedding(nn.Module):
@@ -60,8 +50,8 @@ class SplicingEmbedding(nn.Module):
 @contextmanager
 def token_embedding_hook(text_encoder: nn.Module, splices_per_row: Sequence[RowSplices]) -> Iterator[None]:
     """Within the block, text_encoder(input_ids) sees the spliced vectors for each batch row."""
-    lock = _lock_for(text_encoder)
-    with lock:
+    # While installed, another thread's encode waits (encoding takes milliseconds).
+    with module_lock(text_encoder):
         original = text_encoder.get_input_embeddings()
         text_encoder.set_input_embeddings(SplicingEmbedding(original, splices_per_row))
         try:

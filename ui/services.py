@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ti.config import ModelConfig
 from ti.hashes import HashCache
+from ti.hypernetwork import HypernetworkLibrary
 from ti.library import EmbeddingLibrary
 from ti.pipeline import LoadedModel, find_checkpoints, load_model
 from ui.jobs import JobRunner
@@ -35,6 +36,7 @@ class AppServices:
     model: LoadedModel
     model_config: ModelConfig
     library: EmbeddingLibrary
+    hypernetworks: HypernetworkLibrary | None = None
     jobs: JobRunner = field(default_factory=JobRunner)
     hash_cache: HashCache = field(default_factory=HashCache)
     _model_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -45,7 +47,15 @@ class AppServices:
         model = load_model(model_config, hash_cache)
         library = EmbeddingLibrary(paths.embeddings_dir, expected_width=model.text_width)
         library.refresh()
-        return cls(paths=paths, model=model, model_config=model_config, library=library, hash_cache=hash_cache)
+        return cls(paths=paths, model=model, model_config=model_config, library=library, hash_cache=hash_cache,
+                   hypernetworks=HypernetworkLibrary(paths.hypernetwork_dir))
+
+    def __post_init__(self):
+        if self.hypernetworks is None:
+            self.hypernetworks = HypernetworkLibrary(self.paths.hypernetwork_dir)
+
+    def hypernetwork_names(self) -> list[str]:
+        return list(self.hypernetworks.names())
 
     def model_choices(self) -> list[str]:
         """'demo' plus every checkpoint under models/Stable-diffusion (and the one loaded now)."""

@@ -9,7 +9,8 @@ import gradio as gr
 
 from ti.conditioning import PromptEncoder
 from ti.config import GenerateConfig
-from ti.generate import save_generated, txt2img
+from ti.generate import save_generated, txt2img, with_default_hypernetwork
+from ti.hypernetwork import parse_hypernet_tags
 from ti.samplers import sampler_names
 from ui.errors import user_error
 from ui.services import AppServices
@@ -20,7 +21,7 @@ def token_counter_text(services: AppServices, prompt: str) -> str:
     model = services.model
     encoder = PromptEncoder(model.tokenizer, model.text_encoder, {n: e.vectors for n, e in snapshot.embeddings.items()})
     try:
-        parsed = encoder.parse(prompt or "")
+        parsed = encoder.parse(parse_hypernet_tags(prompt or "")[0])
     except Exception as exc:
         return f"⚠ {exc}"
     limit = max(1, len(parsed.chunks)) * 75
@@ -68,6 +69,11 @@ def build_txt2img_tab(services: AppServices) -> dict[str, gr.components.Componen
                 batch_size = gr.Slider(label="Batch size", minimum=1, maximum=8, step=1, value=1)
             cfg = gr.Slider(label="CFG scale", minimum=1, maximum=30, step=0.5, value=7, elem_id="txt2img_cfg")
             seed = gr.Number(label="Seed (-1: random)", value=-1, precision=0, elem_id="txt2img_seed")
+            with gr.Row():
+                default_hn = gr.Dropdown(label="Hypernetwork added to every prompt", value="None",
+                                         choices=["None"] + services.hypernetwork_names(), elem_id="txt2img_hypernetwork",
+                                         info="or write <hypernet:name:strength> in the prompt", scale=4)
+                hn_refresh = gr.Button("Refresh", scale=0, min_width=80, elem_id="txt2img_hypernetwork_refresh")
             embeddings_md = gr.Markdown(embeddings_table(services), elem_id="embeddings_list")
             refresh = gr.Button("Refresh embeddings", elem_id="embeddings_refresh")
         with gr.Column():
@@ -80,18 +86,19 @@ def build_txt2img_tab(services: AppServices) -> dict[str, gr.components.Componen
         return embeddings_table(services)
 
     def on_generate(prompt_text, negative_text, sampler_name, steps_value, cfg_value, seed_value, width_value,
-                    height_value, count_value, size_value, progress=gr.Progress()):
+                    height_value, count_value, size_value, hypernetwork_name, progress=gr.Progress()):
         stop_event.clear()
         try:
+            default = None if hypernetwork_name in (None, "", "None") else hypernetwork_name
             config = GenerateConfig(
-                prompt=prompt_text or "", negative_prompt=negative_text or "", steps=int(steps_value),
+                prompt=with_default_hypernetwork(prompt_text or "", default), negative_prompt=negative_text or "", steps=int(steps_value),
                 sampler=sampler_name, cfg_scale=float(cfg_value), seed=int(seed_value if seed_value is not None else -1),
                 width=int(width_value), height=int(height_value), batch_count=int(count_value), batch_size=int(size_value),
             )
             snapshot = services.library.refresh()
             result = txt2img(services.model, snapshot.embeddings, config,
                              on_progress=lambda done, total: progress(done / total, desc="Generating"),
-                             should_stop=stop_event.is_set)
+                             should_stop=stop_event.is_set, hypernetworks=services.hypernetworks)
             save_generated(result, services.paths.outputs_dir)
         except Exception as exc:
             raise user_error(exc) from exc
@@ -100,15 +107,20 @@ def build_txt2img_tab(services: AppServices) -> dict[str, gr.components.Componen
         if result.used_embeddings:
             parts = [f"{n} [{snapshot.embeddings[n].shorthash}]" for n in result.used_embeddings]
             used_text = "Used embeddings: " + ", ".join(parts)
+        if result.hypernetworks:
+            used_text += "\n\nHypernetworks: " + ", ".join(f"{n} ×{s:g}" for n, s in result.hypernetworks)
+        for note in result.notes:
+            used_text += f"\n\n⚠ {note}"
         first = result.images[0].infotext if result.images else ""
         return items, first, used_text, embeddings_table(services)
 
     prompt.change(lambda text: token_counter_text(services, text), inputs=[prompt], outputs=[prompt_tokens])
     negative.change(lambda text: token_counter_text(services, text), inputs=[negative], outputs=[negative_tokens])
     refresh.click(on_refresh, outputs=[embeddings_md])
+    hn_refresh.click(lambda: gr.update(choices=["None"] + services.hypernetwork_names()), outputs=[default_hn])
     generate.click(
         on_generate,
-        inputs=[prompt, negative, sampler, steps, cfg, seed, width, height, batch_count, batch_size],
+        inputs=[prompt, negative, sampler, steps, cfg, seed, width, height, batch_count, batch_size, default_hn],
         outputs=[gallery, infotext, used, embeddings_md],
     )
     interrupt.click(lambda: stop_event.set())

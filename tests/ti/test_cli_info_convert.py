@@ -56,12 +56,18 @@ def test_info_human_readable(real_files_dir, capsys):
     assert lines["checkpoint hash"].strip() == "7ab762a7"
 
 
-def test_info_on_a_hypernetwork_says_so(tmp_path, capsys):
-    path = tmp_path / "hn.pt"
-    path.write_bytes(torch_bytes_a1111_accepts({768: ({"linear.0.weight": torch.ones(2, 2)}, {}), "name": "hn", "step": 3}))
+def test_info_on_a_hypernetwork_describes_it(tmp_path, capsys):
+    from ti.hypernetwork import HypernetworkStructure, create_hypernetwork
+
+    path = create_hypernetwork("hn", tmp_path, sizes=(768, 320), structure=HypernetworkStructure(layer_structure=(1, 2, 1)))
     status, out, err = _run_cli(capsys, "info", str(path), "--json")
-    assert status == 2 and out == ""
-    assert err == f"error: {path}: is a hypernetwork file; hypernetwork support is not built yet\n"
+    assert status == 0, err
+    info = json.loads(out)
+    assert info["type"] == "hypernetwork" and info["name"] == "hn"
+    assert info["dims"] == [768, 320] and info["layer_structure"] == [1, 2, 1]
+    assert info["activation"] == "linear" and info["layer_norm"] is False and info["step"] == 0
+    assert list(info) == ["type", "name", "dims", "layer_structure", "activation", "layer_norm",
+                          "dropout_structure", "step", "sha256"]
 
 
 SUFFIXES = [".pt", ".bin", ".safetensors", ".png", ".webp"]

@@ -30,18 +30,21 @@ def register(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--out", default=None, help="PNG file to write (one image); default: outputs/txt2img-images/<date>/")
     parser.add_argument("--outputs-dir", default="outputs")
+    parser.add_argument("--hypernetwork", default=None,
+                        help="a hypernetwork added to the prompt (or write <hypernet:name:strength> in it)")
     add_model_flags(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ti.config import GenerateConfig, ModelConfig
-    from ti.generate import save_generated, save_png_with_infotext, txt2img
+    from ti.generate import save_generated, save_png_with_infotext, txt2img, with_default_hypernetwork
+    from ti.hypernetwork import HypernetworkLibrary
     from ti.library import EmbeddingLibrary
     from ti.pipeline import default_model_source, load_model
 
     width, height = parse_size(args.size)
-    config = GenerateConfig(prompt=args.prompt, negative_prompt=args.negative, steps=args.steps, sampler=args.sampler,
+    config = GenerateConfig(prompt=with_default_hypernetwork(args.prompt, args.hypernetwork), negative_prompt=args.negative, steps=args.steps, sampler=args.sampler,
                             cfg_scale=args.cfg, seed=args.seed, width=width, height=height,
                             batch_count=args.batch_count, batch_size=args.batch_size)
     if args.out and config.batch_count * config.batch_size != 1:
@@ -56,7 +59,10 @@ def run(args: argparse.Namespace) -> int:
     from ti.cli.progress import ProgressBar
 
     with ProgressBar("generating") as bar:
-        result = txt2img(model, snapshot.embeddings, config, on_progress=bar.update)
+        result = txt2img(model, snapshot.embeddings, config, on_progress=bar.update,
+                         hypernetworks=HypernetworkLibrary(Path(args.hypernetwork_dir)))
+    for note in result.notes:
+        print(f"note: {note}")
     if args.out:
         paths = [save_png_with_infotext(result.images[0].image, result.images[0].infotext, Path(args.out))]
     else:

@@ -1,4 +1,4 @@
-"""`python -m ti info FILE [--json]`: what an embedding (or, later, hypernetwork) file holds."""
+"""`python -m ti info FILE [--json]`: what an embedding or hypernetwork file holds."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import argparse
 import json
 from pathlib import Path
 
-from ti.errors import BadEmbeddingFile
 from ti.formats import HypernetworkNotEmbedding, describe_embedding, load_embedding_file
 
 # Human-readable labels for the JSON fields, in print order.
@@ -32,12 +31,10 @@ def register(subparsers) -> None:
 
 
 def describe_hypernetwork_file(path: Path) -> dict:
-    """The `info` fields of a hypernetwork file (design.md §5). Not built yet.
+    """The `info` fields of a hypernetwork file (design.md §5)."""
+    from ti.hypernetwork import describe_hypernetwork
 
-    Raises:
-        BadEmbeddingFile: always, naming the file, until hypernetwork support exists.
-    """
-    raise BadEmbeddingFile(path, "is a hypernetwork file; hypernetwork support is not built yet")
+    return describe_hypernetwork(path)
 
 
 def describe_file(path: Path) -> dict:
@@ -46,6 +43,11 @@ def describe_file(path: Path) -> dict:
     Raises:
         TIError: the file cannot be read (one line naming it and the reason).
     """
+    from ti.formats import MAX_EMBEDDING_FILE_BYTES
+
+    # Hypernetworks can be larger than any embedding: try them first when the size says so.
+    if path.suffix.lower() == ".pt" and path.is_file() and path.stat().st_size > MAX_EMBEDDING_FILE_BYTES:
+        return describe_hypernetwork_file(path)
     try:
         embedding = load_embedding_file(path)
     except HypernetworkNotEmbedding:

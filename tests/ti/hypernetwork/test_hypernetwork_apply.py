@@ -166,16 +166,34 @@ def test_training_mode_ignores_strength_and_gradients_reach_the_hypernetwork(une
     assert all(parameter.grad is None for parameter in unet.parameters())
 
 
-def test_txt2img_with_unet_context_differs_and_leaves_the_model_as_it_was(tiny_pipe):
+def test_txt2img_with_hypernet_tag_differs_and_leaves_the_model_as_it_was(tiny_pipe, tmp_path):
+    from ti.hypernetwork import HypernetworkLibrary, save_hypernetwork_file
+    from ti.infotext import parse_infotext
+
     model = LoadedModel(pipe=tiny_pipe, name="demo", source="demo", sha256=demo_sha256(tiny_pipe),
                         device=torch.device("cpu"), dtype=torch.float32, is_demo=True)
-    config = GenerateConfig(prompt="a tree", steps=1, width=64, height=64, seed=42)
-    hypernetwork = make_hypernetwork("g", [32, 64], seed=8)
+    save_hypernetwork_file(make_hypernetwork("g", [32, 64], seed=8), tmp_path / "g.pt")
+    save_hypernetwork_file(make_hypernetwork("sd1", [768], seed=8), tmp_path / "sd1.pt")
+    library = HypernetworkLibrary(tmp_path)
     before = processors_of(tiny_pipe.unet)
-    plain = np.asarray(txt2img(model, {}, config).images[0].image, dtype=np.int16)
-    with_hn = txt2img(model, {}, config, unet_context=lambda: apply_hypernetworks(tiny_pipe.unet, [(hypernetwork, 1.0)]))
-    assert np.abs(np.asarray(with_hn.images[0].image, dtype=np.int16) - plain).max() > 8
+
+    def generate(prompt):
+        config = GenerateConfig(prompt=prompt, steps=1, width=64, height=64, seed=42)
+        return txt2img(model, {}, config, hypernetworks=library)
+
+    plain = generate("a tree")
+    with_hn = generate("a tree <hypernet:g:1>")
+    zero = generate("a tree <hypernet:g:0>")
+    as_pixels = lambda result: np.asarray(result.images[0].image, dtype=np.int16)  # noqa: E731
+    assert np.abs(as_pixels(with_hn) - as_pixels(plain)).max() > 8
+    assert np.array_equal(as_pixels(zero), as_pixels(plain))
+    assert with_hn.hypernetworks == [("g", 1.0)]
+    assert parse_infotext(with_hn.images[0].infotext)[0] == "a tree <hypernet:g:1>"
     assert all(processor is before[name] for name, processor in processors_of(tiny_pipe.unet).items())
+    unmatched = generate("a tree <hypernet:sd1>")
+    assert unmatched.notes and "sd1" in unmatched.notes[0]
+    with pytest.raises(ConfigError, match="nope"):
+        generate("a tree <hypernet:nope>")
 
 
 def test_apply_refuses_what_is_not_a_hypernetwork_pair(unet):

@@ -1,0 +1,21 @@
+"""Embedding training: the loop, its options, and what it reports.
+
+    train_embedding(model, config, embeddings_dir, hooks=None) -> TrainResult
+"""
+
+from ti.train.config import TrainConfig
+from ti.train.dataset import SkippedImage
+from ti.train.hooks import STOP_FINISHED, STOP_INTERRUPTED, STOP_NAN, TrainHooks, TrainProgress, TrainResult
+from ti.train.loop import train_embedding
+
+__all__ = [
+    "STOP_FINISHED",
+    "STOP_INTERRUPTED",
+    "STOP_NAN",
+    "SkippedImage",
+    "TrainConfig",
+    "TrainHooks",
+    "TrainProgress",
+    "TrainResult",
+    "train_embedding",
+]

@@ -1,0 +1,344 @@
+"""The embedding training loop: one function, read top to bottom (design.md §4).
+
+    1. Where we start: the embedding file, its step, the schedules.
+    2. Data: images -> buckets -> latents, encoded once.
+    3. What trains: the vectors (a float32 Parameter), AdamW and its saved state.
+    4. The log folder's settings file.
+    5. Steps: stop check, schedule, micro-batches (prompt -> text encoder -> UNet -> MSE),
+       NaN check, clip, optimizer step, CSV, progress, saves and previews.
+    6. The final save to embeddings_dir/<name>.pt, and the result.
+
+The UNet, VAE and text encoder stay frozen; gradients reach only the vectors, through the
+token-embedding hook that PromptEncoder installs while it encodes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import time
+from collections import deque
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from ti.conditioning import PromptEncoder
+from ti.errors import TrainingError
+from ti.pipeline import LoadedModel
+from ti.schedule import ScheduleSegment, parse_schedule, schedule_end, value_at
+from ti.templates import NAME_PLACEHOLDER, read_template
+from ti.train.batches import BatchLayout, MicroBatch, TrainingBatches
+from ti.train.checkpoint import load_resume_state, load_start_embedding, save_checkpoint
+from ti.train.config import TrainConfig
+from ti.train.dataset import iter_prepared_images, list_image_files
+from ti.train.hooks import STOP_FINISHED, STOP_INTERRUPTED, STOP_NAN, TrainHooks, TrainProgress, TrainResult
+from ti.train.latents import encode_images
+from ti.train.logdir import TrainLogDir
+from ti.train.preview import snapshot_embedding, write_preview
+
+log = logging.getLogger(__name__)
+
+_TIMING_WINDOW = 20  # steps averaged for seconds_per_step
+
+
+def train_embedding(model: LoadedModel, config: TrainConfig, embeddings_dir: Path,
+                    hooks: TrainHooks | None = None) -> TrainResult:
+    """Train embeddings_dir/<config.name>.pt on config.data_dir; resumes from the step it holds.
+
+    Returns:
+        TrainResult: stop_reason "finished" (schedule done; also when there was nothing left to
+        do), "interrupted" (hooks.should_stop) or "nan" (last good vectors kept). In every case
+        embeddings_dir/<name>.pt holds the vectors and step reached, with its .optim beside it.
+    Raises:
+        TrainingError: no such embedding, wrong width, no usable image, an inpainting model.
+        Any other exception ends the run after saving the vectors of the last completed step.
+    """
+    hooks = hooks or TrainHooks()
+    started = dt.datetime.now()
+    pipe = model.pipe
+
+    # 1. Where we start: the embedding file, its step, and the schedules (parsed from step 0, so
+    #    value_at(step) is the same whether or not this run is a resume).
+    embedding_path = Path(embeddings_dir) / f"{config.name}.pt"
+    start = load_start_embedding(embedding_path, model.text_width)
+    start_step = step = start.step or 0
+    lr_segments = parse_schedule(config.learning_rate, config.max_steps, what="learning rate")
+    end_step = schedule_end(lr_segments)
+    if step >= end_step:
+        limit = "max_steps" if end_step == config.max_steps else "the learning rate schedule's last step"
+        return TrainResult(step=step, path=embedding_path, stop_reason=STOP_FINISHED, log_dir=None, start_step=step,
+                           message=f"{config.name} is already trained to step {step}, and {limit} is {end_step}: "
+                                   f"nothing to do. Raise it to train further.")
+    clip_segments = (parse_schedule(config.clip_value, config.max_steps, what="gradient clip value")
+                     if config.clip_grad != "none" else None)
+    if pipe.unet.config.in_channels != 4:
+        raise TrainingError(f"{model.name}: the UNet takes {pipe.unet.config.in_channels} input channels "
+                            f"(an inpainting model?); train embeddings on a regular model")
+    template_lines = read_template(config.template_path())
+    if not any(NAME_PLACEHOLDER in line for line in template_lines):
+        raise TrainingError(f"template {config.template_path()}: no line has {NAME_PLACEHOLDER}, so the prompts would "
+                            f"never use the embedding; pick a template with {NAME_PLACEHOLDER} (style.txt, subject.txt, …)")
+
+    with _frozen(pipe.unet, pipe.vae, pipe.text_encoder), torch.enable_grad():
+        # 2. Data: each image fitted to its bucket and VAE-encoded once, here, never per step.
+        num_files = len(list_image_files(config.data_dir))
+        hooks.status(f"encoding {num_files} training images from {config.data_dir}")
+        images = iter_prepared_images(config.data_dir, config.width, config.height, config.no_resize,
+                                      config.alpha_weight, config.filewords_regex, config.filewords_join)
+        samples, skipped = encode_images(pipe.vae, images, config.latent_sampling, config.flip, config.seed,
+                                         model.device,
+                                         on_image=lambda done, path: hooks.status(f"encoded {done}/{num_files}: {path.name}"))
+        for item in skipped:
+            log.warning("skipped %s: %s", item.path, item.reason)
+        if not samples:
+            reasons = "; ".join(f"{s.path.name}: {s.reason}" for s in skipped[:5])
+            raise TrainingError(f"{config.data_dir}: no usable training image" + (f" ({reasons})" if reasons else ""))
+        layout = BatchLayout.for_dataset(len(samples), config.batch_size, config.grad_accum)
+        notes = _layout_notes(config, layout, len(samples))
+        noise_scheduler = _noise_scheduler(pipe)
+        batches = TrainingBatches(samples, layout, template_lines, config.name, config.seed, config.shuffle_tags,
+                                  config.tag_dropout, noise_scheduler.config.num_train_timesteps)
+
+        # 3. What trains: the vectors as a float32 Parameter; AdamW resumed from the .optim
+        #    beside the file when it was saved for exactly these vectors and step.
+        vectors = nn.Parameter(start.vectors.to(device=model.device, dtype=torch.float32).clone())
+        optimizer = torch.optim.AdamW([vectors], lr=value_at(lr_segments, step), weight_decay=0.0)
+        # fp16 gradients underflow without loss scaling (bf16 and fp32 have the range to spare).
+        grad_scaler = torch.amp.GradScaler(model.device.type) if model.dtype == torch.float16 else None
+        resume = load_resume_state(embedding_path, start)
+        if resume.optimizer_state is not None:
+            optimizer.load_state_dict(resume.optimizer_state)
+            if grad_scaler is not None and resume.grad_scaler_state:
+                grad_scaler.load_state_dict(resume.grad_scaler_state)
+        if resume.note:
+            notes.append(resume.note)
+        if resume.seed is not None and resume.seed != config.seed:
+            notes.append(f"the previous run used seed {resume.seed}, this one {config.seed}: not an exact continuation")
+        prompt_encoder = PromptEncoder(model.tokenizer, model.text_encoder, {config.name: vectors})
+
+        # 4. The log folder, with the settings this run used.
+        log_dir = TrainLogDir.for_run(Path(config.log_dir), config.name, started)
+        log_dir.write_settings(_settings(config, model, layout, samples, skipped, start_step, end_step), started)
+
+        # 5. Steps. The state (vectors, optimizer, step) only changes at the optimizer step, so
+        #    at every check below it is consistent and can be saved as is.
+        stop_reason, message_detail = STOP_FINISHED, ""
+        loss_history: list[tuple[int, float]] = []
+        step_times: deque[float] = deque(maxlen=_TIMING_WINDOW)
+        last_preview: Path | None = None
+        hooks.status(f"training {config.name} from step {step} to {end_step}")
+        try:
+            if config.unload_vae:
+                pipe.vae.to("cpu")  # the latents are cached; previews bring it back for decoding
+            while True:
+                # 5a. Stop at the step boundary: schedule exhausted, or asked to.
+                learning_rate = value_at(lr_segments, step)
+                if learning_rate is None:
+                    break
+                if hooks.stop_requested():
+                    stop_reason = STOP_INTERRUPTED
+                    break
+                step_started = time.perf_counter()
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate
+                optimizer.zero_grad(set_to_none=True)
+
+                # 5b. Accumulate the step's micro-batches: prompts through the text encoder (with
+                #     the trainable vectors), noise, UNet, MSE; each loss scaled by 1/grad_accum.
+                step_loss, first_prompt, bad_loss = 0.0, "", None
+                for micro_index in range(layout.grad_accum):
+                    batch = batches.micro_batch(step, micro_index)
+                    first_prompt = first_prompt or batch.prompts[0]
+                    conditioning, _ = prompt_encoder.encode(batch.prompts)
+                    loss = denoising_loss(pipe.unet, noise_scheduler, conditioning, batch, model.dtype)
+                    loss_value = float(loss.detach())
+                    if not math.isfinite(loss_value):
+                        bad_loss = f"the loss became {loss_value} at step {step + 1} (micro-batch {micro_index + 1})"
+                        break
+                    scaled = loss / layout.grad_accum
+                    (grad_scaler.scale(scaled) if grad_scaler else scaled).backward()
+                    step_loss += loss_value / layout.grad_accum
+
+                # 5c. Clip and update. A non-finite gradient stops the run like a NaN loss (with
+                #     fp16 the GradScaler skips such steps itself, as A1111's does).
+                if bad_loss is None:
+                    if vectors.grad is None:
+                        raise TrainingError(f"step {step + 1}: no prompt of the batch used the embedding "
+                                            f"({first_prompt!r}); its name must appear as a word of its own")
+                    if grad_scaler is not None:
+                        grad_scaler.unscale_(optimizer)
+                    _clip_gradient(vectors, config.clip_grad, clip_segments, step)
+                    if grad_scaler is None and not bool(torch.isfinite(vectors.grad).all()):
+                        bad_loss = f"the gradient became NaN/inf at step {step + 1}"
+                if bad_loss is not None:
+                    optimizer.zero_grad(set_to_none=True)
+                    stop_reason = STOP_NAN
+                    message_detail = (f"{bad_loss}; stopped and kept the vectors of step {step}. "
+                                      f"Try a lower learning rate (now {learning_rate:g}) or gradient clipping.")
+                    break
+                if grad_scaler is not None:
+                    grad_scaler.step(optimizer)
+                    grad_scaler.update()
+                else:
+                    optimizer.step()
+                step += 1
+                step_times.append(time.perf_counter() - step_started)
+
+                # 5d. Record, then save and preview on their intervals (file names = step inside).
+                epoch, epoch_index = layout.epoch_of(step - 1)
+                loss_history.append((step, step_loss))
+                log_dir.append_loss(step, epoch, epoch_index + 1, step_loss, learning_rate)
+                want_copy = config.save_every and step % config.save_every == 0
+                want_preview = config.preview_every and step % config.preview_every == 0
+                if want_copy or want_preview:
+                    snapshot = snapshot_embedding(f"{config.name}-{step}", vectors, step, model)
+                    if want_copy:
+                        save_checkpoint(snapshot, log_dir.embedding_copy(step), optimizer, config.seed,
+                                        grad_scaler.state_dict() if grad_scaler else None)
+                    if want_preview:
+                        hooks.status(f"preview at step {step}")
+                        with _vae_on(pipe.vae, model.device, config.unload_vae):
+                            files = write_preview(model, config.name, snapshot, config,
+                                                  config.preview_prompt or first_prompt, log_dir.preview(step),
+                                                  log_dir.image_embedding(step) if config.png_embedding else None)
+                        last_preview = files.preview
+                if hooks.on_progress:
+                    hooks.on_progress(TrainProgress(
+                        step=step, max_steps=end_step, loss=step_loss, learning_rate=learning_rate, epoch=epoch,
+                        epoch_step=epoch_index + 1, seconds_per_step=sum(step_times) / len(step_times),
+                        preview_path=last_preview, loss_history=loss_history))
+        except BaseException:
+            # An error (out of memory in a preview, a full disk, Ctrl-C outside the CLI's handler)
+            # must not cost the steps done: save them, then let the error through.
+            if step > start_step:
+                _save_final(config, model, vectors, step, optimizer, grad_scaler, embedding_path)
+                log.error("training stopped by an error at step %d; saved %s", step, embedding_path)
+            raise
+        finally:
+            if config.unload_vae:
+                pipe.vae.to(model.device)
+
+    # 6. The final save: always embeddings_dir/<name>.pt (and .optim), stamped with this model.
+    _save_final(config, model, vectors, step, optimizer, grad_scaler, embedding_path)
+    if stop_reason == STOP_FINISHED:
+        message = f"finished: {config.name} trained to step {step}, saved to {embedding_path}."
+    elif stop_reason == STOP_INTERRUPTED:
+        message = (f"interrupted at step {step}; saved to {embedding_path}. Train again with the same "
+                   f"settings to continue from step {step}.")
+    else:
+        message = f"{message_detail} Saved to {embedding_path}."
+    return TrainResult(step=step, path=embedding_path, stop_reason=stop_reason, message=message, log_dir=log_dir.root,
+                       skipped_images=skipped, notes=notes, loss_history=loss_history, last_preview=last_preview,
+                       start_step=start_step)
+
+
+def denoising_loss(unet, noise_scheduler, conditioning: torch.Tensor, batch: MicroBatch,
+                   dtype: torch.dtype) -> torch.Tensor:
+    """The LDM training loss: MSE between the UNet's prediction and its target (epsilon, v or
+    the clean latent, as the scheduler's prediction_type says), over all elements, weighted per
+    latent pixel by alpha when the batch has weights. Computed in float32."""
+    noisy_latents = noise_scheduler.add_noise(batch.latents, batch.noise, batch.timesteps)
+    prediction = unet(noisy_latents.to(dtype), batch.timesteps, encoder_hidden_states=conditioning.to(dtype)).sample
+    prediction_type = noise_scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        target = batch.noise
+    elif prediction_type == "v_prediction":
+        target = noise_scheduler.get_velocity(batch.latents, batch.noise, batch.timesteps)
+    elif prediction_type == "sample":
+        target = batch.latents
+    else:
+        raise TrainingError(f"the model's scheduler predicts {prediction_type!r}; expected epsilon, v_prediction or sample")
+    squared_error = (prediction.float() - target.float()) ** 2
+    if batch.loss_weights is not None:
+        squared_error = squared_error * batch.loss_weights
+    return squared_error.mean()
+
+
+def _noise_scheduler(pipe):
+    """A DDPM scheduler with the model's training noise schedule (betas, steps, prediction type)."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(pipe.scheduler.config)
+
+
+def _clip_gradient(vectors: nn.Parameter, mode: str, segments: list[ScheduleSegment] | None, step: int) -> None:
+    if mode == "none" or segments is None or vectors.grad is None:
+        return
+    clip_value = value_at(segments, step)
+    if clip_value is None:  # the clip schedule ended before the learning rate's: keep its last value
+        clip_value = segments[-1].value
+    if mode == "value":
+        torch.nn.utils.clip_grad_value_([vectors], clip_value)
+    else:
+        torch.nn.utils.clip_grad_norm_([vectors], clip_value)
+
+
+def _save_final(config: TrainConfig, model: LoadedModel, vectors: torch.Tensor, step: int,
+                optimizer: torch.optim.Optimizer, grad_scaler, path: Path) -> None:
+    embedding = replace(snapshot_embedding(config.name, vectors, step, model), sha256=None)
+    save_checkpoint(embedding, path, optimizer, config.seed, grad_scaler.state_dict() if grad_scaler else None)
+
+
+@contextmanager
+def _frozen(*modules: nn.Module) -> Iterator[None]:
+    """No gradients for the model's own weights while training; their flags restored after."""
+    flags = [(parameter, parameter.requires_grad) for module in modules for parameter in module.parameters()]
+    try:
+        for parameter, _ in flags:
+            parameter.requires_grad_(False)
+        yield
+    finally:
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
+
+
+@contextmanager
+def _vae_on(vae: nn.Module, device: torch.device, was_unloaded: bool) -> Iterator[None]:
+    """With unload_vae, bring the VAE back to the device for a preview's decode, then away again."""
+    if not was_unloaded:
+        yield
+        return
+    vae.to(device)
+    try:
+        yield
+    finally:
+        vae.to("cpu")
+
+
+def _layout_notes(config: TrainConfig, layout: BatchLayout, num_samples: int) -> list[str]:
+    notes = []
+    if layout.batch_size != config.batch_size:
+        notes.append(f"batch size {config.batch_size} is more than the {num_samples} samples; using {layout.batch_size}")
+    if layout.grad_accum != config.grad_accum:
+        notes.append(f"gradient accumulation {config.grad_accum} is more than the {layout.batches_per_epoch} batches "
+                     f"of an epoch; using {layout.grad_accum}")
+    return notes
+
+
+def _settings(config: TrainConfig, model: LoadedModel, layout: BatchLayout, samples, skipped,
+              start_step: int, end_step: int) -> dict:
+    """What settings-<datetime>.json records: every option, plus what the run made of them."""
+    buckets: dict[str, int] = {}
+    for sample in samples:
+        key = f"{sample.bucket[0]}x{sample.bucket[1]}"
+        buckets[key] = buckets.get(key, 0) + 1
+    return {
+        **config.to_dict(),
+        "template_path": str(config.template_path()),
+        "model_name": model.name,
+        "model_hash": model.short_hash,
+        "dataset_size": len({sample.source for sample in samples}),
+        "num_samples": len(samples),
+        "buckets": buckets,
+        "skipped_images": [{"path": str(item.path), "reason": item.reason} for item in skipped],
+        "effective_batch_size": layout.batch_size,
+        "effective_grad_accum": layout.grad_accum,
+        "steps_per_epoch": layout.steps_per_epoch,
+        "start_step": start_step,
+        "end_step": end_step,
+    }

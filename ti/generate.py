@@ -99,7 +99,8 @@ def txt2img(
     scheduler = make_scheduler(config.sampler, dict(pipe.scheduler.config))
     # A fresh pipeline object over the same modules: the sampler and the interrupt flag belong to
     # this call only, so two generations at once don't mix.
-    run_pipe = type(pipe)(**{**pipe.components, "scheduler": scheduler})
+    run_pipe = type(pipe)(**{**pipe.components, "scheduler": scheduler},
+                          requires_safety_checker=getattr(pipe.config, "requires_safety_checker", False))
     run_pipe.set_progress_bar_config(disable=True)
 
     prompt_text, hypernet_tags = parse_hypernet_tags(config.prompt)

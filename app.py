@@ -32,20 +32,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def parse_auth(text: str | None) -> list[tuple[str, str]] | None:
+    """`user:pass[,user2:pass2]` -> [(user, pass), …]; None when no login is asked for."""
     if not text:
         return None
     pairs = []
     for item in text.split(","):
         user, sep, password = item.strip().partition(":")
-        if not sep or not user:
-            raise SystemExit(f"--gradio-auth: expected user:password, got {item.strip()!r}")
+        if not sep or not user or not password:  # an empty password would be a login anyone passes
+            raise SystemExit(f"--gradio-auth: expected user:password with both parts, got {item.strip()!r}")
         pairs.append((user, password))
     return pairs
+
+
+def server_options(args: argparse.Namespace) -> dict:
+    """Where and how the server listens: 127.0.0.1 only, unless --listen; a login with --gradio-auth."""
+    return {
+        "server_name": "0.0.0.0" if args.listen else "127.0.0.1",
+        "server_port": args.port,
+        "auth": parse_auth(args.gradio_auth),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    server_options(args)  # a malformed --gradio-auth stops here, before the model loads
     from ti.config import ModelConfig
     from ti.errors import TIError
     from ti.pipeline import default_model_source
@@ -75,9 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     app = build_app(services)
     app.queue(default_concurrency_limit=4)
     app.launch(
-        server_name="0.0.0.0" if args.listen else "127.0.0.1",
-        server_port=args.port,
-        auth=parse_auth(args.gradio_auth),
+        **server_options(args),
         allowed_paths=[str(paths.outputs_dir.resolve()), str(paths.log_dir.resolve())],
         footer_links=["api", "settings"],
     )

@@ -11,19 +11,30 @@ from ti.errors import ConfigError
 from ti.prompt import CHUNK_LENGTH
 
 _ALLOWED_PUNCTUATION = "._- "
+# Names become file names with suffixes ("<name>-100000.pt.optim", and a temp name around that
+# while saving); most file systems stop at 255 bytes.
+MAX_NAME_BYTES = 150
+# Windows opens these as devices whatever the extension ("nul.pt" is NUL); A1111's users are
+# mostly on Windows, and files travel.
+_WINDOWS_DEVICE_NAMES = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
 
 
 def clean_embedding_name(name: str) -> str:
     """Keep characters that are alphanumeric or one of `._- ` (A1111), then refuse what is left empty or path-like.
 
     Raises:
-        ConfigError("name"): empty after cleaning, or only dots (".", "..").
+        ConfigError("name"): empty after cleaning, only dots (".", ".."), hidden (".x"), over
+        MAX_NAME_BYTES, or a Windows device name ("con", "nul", "com1", …).
     """
     cleaned = "".join(ch for ch in (name or "") if ch.isalnum() or ch in _ALLOWED_PUNCTUATION).strip()
     if not cleaned:
         raise ConfigError("name", f"{name!r} has no usable characters (letters, digits, '.', '_', '-', space)")
     if set(cleaned) <= {"."} or cleaned.startswith("."):
         raise ConfigError("name", f"{name!r} would make a hidden or path-like file name")
+    if len(cleaned.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise ConfigError("name", f"is {len(cleaned)} characters long; file names need it at most {MAX_NAME_BYTES} bytes")
+    if cleaned.split(".")[0].strip().lower() in _WINDOWS_DEVICE_NAMES:
+        raise ConfigError("name", f"{cleaned!r} is a device name on Windows (CON, NUL, COM1, …); choose another")
     return cleaned
 
 

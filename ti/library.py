@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat as stat_module
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,9 @@ _SCAN_SUFFIXES = (".pt", ".bin", ".safetensors", ".png", ".webp")
 
 @dataclass
 class SkippedFile:
+    """A file the library does not use. In a snapshot, `path` is for people: bytes of the name
+    that are not UTF-8 show as U+FFFD."""
+
     path: Path
     reason: str
 
@@ -31,6 +35,35 @@ class LibrarySnapshot:
     embeddings: dict[str, Embedding] = field(default_factory=dict)
     skipped: list[SkippedFile] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+
+
+def is_utf8_name(text: str) -> bool:
+    """False for names with bytes that are not UTF-8 (Python keeps them as lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable_text(text: str) -> str:
+    """`text` with bytes that are not UTF-8 shown as U+FFFD, for messages and the page.
+
+    Such names come from other systems (latin-1 archives, old Windows); as str they hold lone
+    surrogates, which a tokenizer, a JSON encoder (the web page) or a strict console refuses.
+    """
+    if is_utf8_name(text):
+        return text
+    try:
+        raw = text.encode("utf-8", "surrogateescape")  # the bytes os.fsdecode turned into surrogates
+    except UnicodeEncodeError:  # other lone surrogates (from JSON "\ud800" escapes)
+        raw = text.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "replace")
+
+
+def printable_path(path: Path) -> Path:
+    """printable_text for a path."""
+    return path if is_utf8_name(str(path)) else Path(printable_text(str(path)))
 
 
 def _width_reason(embedding: Embedding, expected_width: int) -> str | None:
@@ -67,7 +100,20 @@ class EmbeddingLibrary:
         if not self.folder.is_dir():
             return []
         files = []
+        seen_folders: set[tuple[int, int]] = set()
         for root, dirs, names in os.walk(self.folder, followlinks=True):
+            # Links are followed (A1111 does), so a link to a parent folder would list the same
+            # files again at every depth until the path gets too long: walk each folder once.
+            try:
+                folder_status = os.stat(root)
+                folder_id = (folder_status.st_dev, folder_status.st_ino)
+            except OSError:
+                dirs[:] = []
+                continue
+            if folder_id in seen_folders:
+                dirs[:] = []
+                continue
+            seen_folders.add(folder_id)
             dirs.sort()
             for name in sorted(names):
                 path = Path(root) / name
@@ -91,6 +137,9 @@ class EmbeddingLibrary:
                     st = path.stat()
                 except OSError:
                     continue  # vanished between listing and stat
+                if not stat_module.S_ISREG(st.st_mode):  # a FIFO or device named x.pt: never opened
+                    stats[path] = (-1, 0)
+                    continue
                 stats[path] = (st.st_size, st.st_mtime_ns)
             signature = (self.expected_width, tuple(sorted((str(p), s) for p, s in stats.items())))
             if not force and signature == self._signature:
@@ -101,8 +150,10 @@ class EmbeddingLibrary:
                 if cached and cached[0] == stat and not force:
                     new_cache[path] = cached
                     continue
-                if stat[0] == 0:
-                    result: Embedding | SkippedFile = SkippedFile(path, "empty file (0 bytes)")
+                if stat[0] == -1:
+                    result: Embedding | SkippedFile = SkippedFile(path, "not a regular file (a pipe, socket or device)")
+                elif stat[0] == 0:
+                    result = SkippedFile(path, "empty file (0 bytes)")
                 else:
                     try:
                         result = load_embedding_file(path)
@@ -126,6 +177,10 @@ class EmbeddingLibrary:
             if isinstance(result, SkippedFile):
                 snapshot.skipped.append(result)
                 continue
+            if not is_utf8_name(result.name):
+                snapshot.skipped.append(SkippedFile(path, "its name is not valid UTF-8 (a file name from another "
+                                                          "system?), so no prompt can use it; rename the file"))
+                continue
             reason = _width_reason(result, self.expected_width) if self.expected_width else None
             if reason:
                 snapshot.skipped.append(SkippedFile(path, reason))
@@ -143,7 +198,10 @@ class EmbeddingLibrary:
             owners[key] = path
             snapshot.embeddings[result.name] = result
         snapshot.embeddings = dict(sorted(snapshot.embeddings.items(), key=lambda kv: kv[0].lower()))
-        snapshot.skipped.sort(key=lambda s: str(s.path).lower())
+        # What the page and the console show: no lone surrogates from non-UTF-8 folder names.
+        snapshot.skipped = sorted((SkippedFile(printable_path(s.path), s.reason) for s in snapshot.skipped),
+                                  key=lambda s: str(s.path).lower())
+        snapshot.warnings = [printable_text(warning) for warning in snapshot.warnings]
         return snapshot
 
     def vectors_by_name(self) -> dict[str, torch.Tensor]:

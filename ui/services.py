@@ -10,7 +10,7 @@ from pathlib import Path
 from ti.config import ModelConfig
 from ti.hashes import HashCache
 from ti.hypernetwork import HypernetworkLibrary
-from ti.library import EmbeddingLibrary
+from ti.library import EmbeddingLibrary, is_utf8_name, printable_path
 from ti.pipeline import LoadedModel, find_checkpoints, load_model
 from ui.jobs import JobRunner
 
@@ -58,8 +58,17 @@ class AppServices:
         return list(self.hypernetworks.names())
 
     def model_choices(self) -> list[str]:
-        """'demo' plus every checkpoint under models/Stable-diffusion (and the one loaded now)."""
-        choices = ["demo"] + [str(p) for p in find_checkpoints(self.paths.models_dir)]
+        """'demo' plus every checkpoint under models/Stable-diffusion (and the one loaded now).
+
+        Paths that are not valid UTF-8 are left out (with a log line): the page's JSON cannot
+        carry them, and one such name in the list would stop the page from loading.
+        """
+        choices = ["demo"]
+        for path in find_checkpoints(self.paths.models_dir):
+            if is_utf8_name(str(path)):
+                choices.append(str(path))
+            else:
+                log.warning("not offering %s: its name is not valid UTF-8; rename it", printable_path(path))
         if self.model.source not in choices:
             choices.append(self.model.source)
         return choices

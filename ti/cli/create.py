@@ -20,9 +20,14 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ti.config import ModelConfig
-    from ti.create import create_embedding
+    from ti.create import clean_embedding_name, create_embedding
+    from ti.errors import ConfigError
     from ti.pipeline import default_model_source, load_model
+    from ti.prompt import CHUNK_LENGTH
 
+    clean_embedding_name(args.name)  # refuse a bad name or count before spending time on the model
+    if not 1 <= args.vectors <= CHUNK_LENGTH:
+        raise ConfigError("--vectors", f"must be between 1 and {CHUNK_LENGTH}, got {args.vectors}")
     precision = "full" if args.no_half else args.precision
     model = load_model(ModelConfig(model=args.model or default_model_source(Path("models/Stable-diffusion")),
                                    model_config=args.model_config, device=args.device, precision=precision))

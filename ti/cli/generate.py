@@ -49,6 +49,10 @@ def run(args: argparse.Namespace) -> int:
                             batch_count=args.batch_count, batch_size=args.batch_size)
     if args.out and config.batch_count * config.batch_size != 1:
         raise ConfigError("--out", "names one file; use --outputs-dir for several images")
+    from ti.samplers import sampler_names
+
+    if config.sampler.strip() not in sampler_names():  # refused before the model loads
+        raise ConfigError("--sampler", f"unknown sampler {config.sampler!r}; choose one of: {', '.join(sampler_names())}")
     precision = "full" if args.no_half else args.precision
     model = load_model(ModelConfig(model=args.model or default_model_source(Path("models/Stable-diffusion")),
                                    model_config=args.model_config, device=args.device, precision=precision))

@@ -11,6 +11,7 @@ Pickled files are only ever opened through ti.formats.safe_load.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import tempfile
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from pathlib import Path
 from PIL import Image
 
 from ti.embedding import Embedding
-from ti.errors import BadEmbeddingFile
+from ti.errors import BadEmbeddingFile, TIError
 from ti.formats.a1111_pt import a1111_pt_bytes, read_pickled_embedding
 from ti.formats.diffusers_bin import diffusers_bin_bytes
 from ti.formats.payload import HypernetworkNotEmbedding, looks_like_hypernetwork
@@ -49,6 +50,7 @@ _WRITERS: dict[str, Callable[[Embedding], bytes]] = {
 __all__ = [
     "EMBEDDING_SUFFIXES",
     "HypernetworkNotEmbedding",
+    "SaveFailed",
     "describe_embedding",
     "embed_into_image",
     "embedding_file_bytes",
@@ -98,6 +100,29 @@ def embedding_file_bytes(embedding: Embedding, suffix: str) -> bytes:
     return _WRITERS[suffix](embedding)
 
 
+class SaveFailed(TIError, OSError):
+    """A file could not be written (disk full, no permission, read-only folder).
+
+    An OSError too (errno kept), so callers that catch OSError still do; a TIError, so the CLI
+    and the page show its one line. The file that was there before is left as it was.
+    """
+
+    def __init__(self, path: Path, cause: OSError, existed: bool):
+        self.path = str(path)
+        if cause.errno == errno.ENOSPC:
+            what = "no space left on device"
+        elif cause.errno == getattr(errno, "EDQUOT", None):
+            what = "disk quota exceeded"
+        else:
+            what = cause.strerror or str(cause) or type(cause).__name__
+        kept = "the previous file is unchanged" if existed else "nothing was written"
+        super().__init__(f"{what} while saving {path} ({kept})")
+        self.errno, self.strerror, self.filename = cause.errno, cause.strerror, str(path)
+
+    def __str__(self) -> str:  # OSError's own __str__ would print "[Errno 28] …" instead
+        return self.args[0]
+
+
 def write_file_atomically(path: Path, data: bytes) -> Path:
     """Write `data` to `path` so readers see the old file or the new one, never a partial one.
 
@@ -105,11 +130,17 @@ def write_file_atomically(path: Path, data: bytes) -> Path:
     fsynced, given normal permissions, then renamed over `path`; the folder is fsynced so the
     rename survives a crash. The temp name starts with '.' and ends in '.tmp', so folder
     scanners skip it.
+
+    Raises:
+        SaveFailed: the folder cannot be made or written (e.g. "no space left on device while
+        saving X"); the temp file is removed and `path` keeps its previous content.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    existed = path.exists()
+    temp_name = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(handle, "wb") as temp_file:
             temp_file.write(data)
             temp_file.flush()
@@ -118,8 +149,11 @@ def write_file_atomically(path: Path, data: bytes) -> Path:
         os.umask(umask)
         os.chmod(temp_name, 0o666 & ~umask)  # mkstemp makes 0600 files; match a normal write
         os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
+    except BaseException as exc:
+        if temp_name is not None:
+            Path(temp_name).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, SaveFailed):
+            raise SaveFailed(path, exc, existed) from exc
         raise
     _fsync_folder(path.parent)
     return path
@@ -148,7 +182,7 @@ def save_embedding_file(embedding: Embedding, path: Path) -> Path:
         the path written.
     Raises:
         BadEmbeddingFile: an unknown suffix.
-        OSError: the folder is not writable.
+        SaveFailed (an OSError): the folder is not writable, or the disk is full.
     """
     path = Path(path)
     return write_file_atomically(path, embedding_file_bytes(embedding, _suffix_of(path)))

@@ -21,8 +21,9 @@ from PIL import Image, ImageDraw
 
 CHANNELS = 3
 STYLE_LENGTH = 1024
-# Embedding JSON is a few MB at most (75 vectors x 2048 floats); more is a zlib bomb.
-MAX_DECOMPRESSED_BYTES = 64 << 20
+# Embedding JSON is ~4 MB at most (75 vectors x 2048 floats, ~25 characters each); more is a
+# zlib bomb. The cap also bounds the JSON parse: 64 MiB of "0," took ~4 s and ~1 GB to refuse.
+MAX_DECOMPRESSED_BYTES = 16 << 20
 _LCG_MULTIPLIER, _LCG_INCREMENT, _LCG_MODULUS = 1664525, 1013904223, 1 << 32
 _LCG_CHUNK = 4096
 

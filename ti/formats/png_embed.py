@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 from ti.embedding import Embedding
 from ti.errors import BadEmbeddingFile
 from ti.formats.image_data_layer import (
+    MAX_DECOMPRESSED_BYTES,
     DataLayerTooLarge,
     embed_into_image,
     embedding_json_bytes,
@@ -32,6 +33,8 @@ IMAGE_FORMATS = {".png": "png", ".webp": "webp"}
 # Refuse pictures beyond this many pixels before decoding them (PIL's own bomb check is a warning
 # up to twice its limit); an image embedding is a preview of a few hundred pixels a side.
 MAX_IMAGE_PIXELS = 64_000_000
+# base64 of the JSON the pixel layer may hold (MAX_DECOMPRESSED_BYTES): the same bound on both layers.
+MAX_TEXT_CHUNK_CHARS = MAX_DECOMPRESSED_BYTES * 4 // 3 + 4
 
 __all__ = ["embed_into_image", "image_embedding_bytes", "read_image_embedding", "default_canvas"]
 
@@ -97,6 +100,8 @@ def _open_image(data: bytes, path: Path) -> Image.Image:
             image.load()
     except BadEmbeddingFile:
         raise
+    except Image.UnidentifiedImageError:  # its message names a BytesIO object, not the file
+        raise BadEmbeddingFile(path, "is not a readable image (no PNG/WEBP data, or cut short)") from None
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # PIL reports broken files as OSError (UnidentifiedImageError, truncated), SyntaxError
         # (broken PNG chunks) or ValueError (oversized text chunks).
@@ -106,6 +111,9 @@ def _open_image(data: bytes, path: Path) -> Image.Image:
 
 def _data_from_text_chunk(text: str, path: Path) -> dict:
     """Decode the base64 JSON of an sd-ti-embedding chunk. Raises BadEmbeddingFile."""
+    if len(text) > MAX_TEXT_CHUNK_CHARS:  # checked before decoding: parsing is the slow part
+        raise BadEmbeddingFile(path, f"its {TEXT_CHUNK_KEY} text chunk holds {len(text) * 3 // 4 >> 20} MiB, more than "
+                                     f"an embedding needs (at most {MAX_DECOMPRESSED_BYTES >> 20} MiB)")
     try:
         decoded = parse_embedding_json(base64.b64decode(text))
     except (binascii.Error, ValueError, TypeError, RecursionError, UnicodeDecodeError) as exc:
@@ -140,6 +148,8 @@ def _usable_stored_name(value: object) -> str | None:
         return None
     name = value.strip()
     if any(char in name for char in "/\\\0") or name in (".", ".."):
+        return None
+    if any("\ud800" <= char <= "\udfff" for char in name):  # lone surrogates from JSON escapes: not text
         return None
     return name
 

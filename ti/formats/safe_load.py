@@ -20,8 +20,10 @@ from __future__ import annotations
 import _compat_pickle
 import hashlib
 import io
+import os
 import pickle
 import re
+import stat
 import threading
 import zipfile
 import zlib
@@ -117,10 +119,15 @@ def read_file_bytes(path: Path, max_bytes: int, kind: str = "an embedding file")
     if path.is_dir():
         raise BadEmbeddingFile(path, f"is a folder, not {kind}")
     try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise BadEmbeddingFile(path, f"is {size / MIB:.0f} MiB, over the {max_bytes // MIB} MiB limit for {kind}; is it a model checkpoint?")
-        with open(path, "rb") as handle:
+        # Non-blocking open, then fstat on the open file: a FIFO named x.pt would otherwise block
+        # the read forever, and a link to /dev/zero would feed it a GiB; only regular files pass.
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        with os.fdopen(descriptor, "rb") as handle:
+            status = os.fstat(handle.fileno())
+            if not stat.S_ISREG(status.st_mode):
+                raise BadEmbeddingFile(path, f"is not a regular file (a pipe, socket or device), not {kind}")
+            if status.st_size > max_bytes:
+                raise BadEmbeddingFile(path, f"is {status.st_size / MIB:.0f} MiB, over the {max_bytes // MIB} MiB limit for {kind}; is it a model checkpoint?")
             data = handle.read(max_bytes + 1)
     except FileNotFoundError:
         raise BadEmbeddingFile(path, "does not exist") from None
@@ -301,8 +308,12 @@ def load_torch_file(path: Path, max_bytes: int = MAX_TORCH_FILE_BYTES, kind: str
 
 
 def _one_line(exc: BaseException) -> str:
+    """The first line of an exception's message, and of that its first sentence (torch follows
+    "…archive is corrupted." with paragraphs of advice)."""
     text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:200]
+    line = text[0] if text else type(exc).__name__
+    first_sentence, period, rest = line.partition(". ")
+    return (first_sentence if period and rest else line)[:200]
 
 
 def _torch_refusal_reason(exc: BaseException) -> str:

@@ -254,16 +254,24 @@ class HypernetworkLibrary:
         self.folder = Path(folder)
         self.unreadable: dict[str, str] = {}  # name -> why it cannot be used
         self._cache: dict[Path, tuple[tuple[int, int], Hypernetwork]] = {}
+        self._unnameable: dict[str, str] = {}  # printable name -> why no prompt can name it (last scan)
 
     def scan(self) -> dict[str, Path]:
         """Name -> path for every hypernetwork file now in the folder (cheap: no file is opened)."""
         if not self.folder.is_dir():
             return {}
+        from ti.library import is_utf8_name, printable_text
+
         found: dict[str, Path] = {}
+        unnameable: dict[str, str] = {}
         for path in sorted(self.folder.rglob("*"), key=lambda candidate: str(candidate).lower()):
             if path.suffix.lower() != ".pt" or path.stem == "None" or path.name.startswith(".") or not path.is_file():
                 continue
+            if not is_utf8_name(path.stem):  # lone surrogates break the page (JSON) and prompts alike
+                unnameable[printable_text(path.stem)] = "its file name is not valid UTF-8, so no prompt can name it; rename the file"
+                continue
             found[path.stem] = path
+        self._unnameable = unnameable
         return found
 
     def names(self) -> list[str]:
@@ -314,4 +322,4 @@ class HypernetworkLibrary:
                 continue  # recorded in self.unreadable by load()
         current = self.scan()
         self.unreadable = {name: reason for name, reason in self.unreadable.items() if name in current}
-        return dict(self.unreadable)
+        return {**self.unreadable, **self._unnameable}

@@ -125,7 +125,7 @@ def test_zlib_bomb_in_pixel_layer_is_refused_fast(tmp_path):
     path.write_bytes(_png_bytes(insert_data_layer(Image.new("RGB", (64, 64), (90, 90, 90)), bomb, np.array([128], dtype=np.uint8))))
 
     started = time.perf_counter()
-    with pytest.raises(BadEmbeddingFile, match="refused: the pixel layer decompresses to more than 64 MiB"):
+    with pytest.raises(BadEmbeddingFile, match=f"refused: the pixel layer decompresses to more than {MAX_DECOMPRESSED_BYTES >> 20} MiB"):
         load_embedding_file(path)
     assert time.perf_counter() - started < 3
 

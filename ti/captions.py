@@ -38,6 +38,10 @@ def _compile_word_regex(word_regex: str) -> re.Pattern[str]:
     return pattern
 
 
+def _has_surrogates(text: str) -> bool:
+    return any("\ud800" <= ch <= "\udfff" for ch in text)
+
+
 def filewords_from_filename(filename: str, word_regex: str = "", join_string: str = " ") -> str:
     """Caption words from an image's file name, as A1111 makes them.
 
@@ -57,7 +61,11 @@ def filewords_from_filename(filename: str, word_regex: str = "", join_string: st
         ConfigError: ``word_regex`` does not compile or has more than one capture group
             (field ``"filename word regex"``).
     """
-    text = _NUMBERS_AT_START.sub("", Path(filename).stem)
+    stem = Path(filename).stem
+    # A file name that is not UTF-8 reaches Python with lone surrogates, which tokenizers refuse:
+    # read its bytes as Latin-1 instead, the fallback read_caption uses for sidecars.
+    stem = stem.encode("utf-8", "surrogateescape").decode("latin-1") if _has_surrogates(stem) else stem
+    text = _NUMBERS_AT_START.sub("", stem)
     if word_regex:
         text = join_string.join(_compile_word_regex(word_regex).findall(text))
     return text

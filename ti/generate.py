@@ -6,6 +6,7 @@ import datetime as dt
 import os
 import random
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -183,15 +184,23 @@ def save_png_with_infotext(image: Image.Image, infotext: str, path: Path) -> Pat
     return path
 
 
+_SAVE_LOCK = threading.Lock()
+
+
 def save_generated(result: GenerationResult, outputs_dir: Path, when: dt.date | None = None) -> list[Path]:
-    """Save under <outputs>/txt2img-images/<YYYY-MM-DD>/<NNNNN>-<seed>.png, numbered like A1111."""
+    """Save under <outputs>/txt2img-images/<YYYY-MM-DD>/<NNNNN>-<seed>.png, numbered like A1111.
+
+    Numbering and writing happen under one lock, so two generations finishing together (two
+    browser tabs) never pick the same number.
+    """
     folder = Path(outputs_dir) / "txt2img-images" / (when or dt.date.today()).isoformat()
     folder.mkdir(parents=True, exist_ok=True)
-    number = next_image_number(folder)
     paths = []
-    for generated in result.images:
-        path = folder / f"{number:05d}-{generated.seed}.png"
-        generated.path = save_png_with_infotext(generated.image, generated.infotext, path)
-        paths.append(path)
-        number += 1
+    with _SAVE_LOCK:
+        number = next_image_number(folder)
+        for generated in result.images:
+            path = folder / f"{number:05d}-{generated.seed}.png"
+            generated.path = save_png_with_infotext(generated.image, generated.infotext, path)
+            paths.append(path)
+            number += 1
     return paths

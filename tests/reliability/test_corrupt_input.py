@@ -161,9 +161,6 @@ def test_training_skips_damaged_pictures_and_reads_latin1_captions(tmp_path, dem
     assert sorted(s.path.name for s in result.skipped_images) == ["00005-0-cut.png", "00006-0-empty.png"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (ti/captions.py filewords_from_filename, owned by the training team): "
-                   "[filewords] from a non-UTF-8 image file name keeps lone surrogates, and the tokenizer raises "
-                   "TypeError: TextEncodeInput must be Union[...]; the run dies with a traceback")
 def test_training_on_a_picture_with_a_non_utf8_file_name(tmp_path, demo_model):
     from ti.train import TrainConfig, train_embedding
 

@@ -146,3 +146,10 @@ def test_bad_dropout_is_a_config_error(dropout):
     with pytest.raises(ConfigError) as raised:
         apply_tag_operations("a, b", False, dropout, random.Random(0))
     assert raised.value.field == "tag dropout"
+
+
+def test_non_utf8_file_name_reads_as_latin1():
+    import os
+
+    name = os.fsdecode(b"00007-0-caf\xe9 cat.png")
+    assert filewords_from_filename(name) == "caf\xe9 cat"

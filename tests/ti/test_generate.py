@@ -104,3 +104,19 @@ def test_bad_parameters_name_the_field(field, kwargs):
 def test_unknown_sampler_is_refused(demo_model):
     with pytest.raises(ConfigError, match="unknown sampler"):
         txt2img(demo_model, {}, small(sampler="Nope"))
+
+
+def test_concurrent_saves_get_distinct_numbers(demo_model, tmp_path):
+    import threading
+
+    result = txt2img(demo_model, {}, small())
+    copies = [type(result)(images=[type(result.images[0])(image=result.images[0].image, seed=i, infotext="x")])
+              for i in range(8)]
+    threads = [threading.Thread(target=save_generated, args=(c, tmp_path), kwargs={"when": dt.date(2026, 1, 3)})
+               for c in copies]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    names = sorted(p.name[:5] for p in (tmp_path / "txt2img-images" / "2026-01-03").glob("*.png"))
+    assert names == [f"{i:05d}" for i in range(8)]

@@ -1,11 +1,16 @@
-"""Pure mapping from the Train tab's widget values to a TrainConfig, and progress text."""
+"""Pure mapping from a training form's widget values to a TrainConfig, and progress text.
+
+One form serves both training tabs: TrainForm says what differs (the config class, defaults,
+labels, the job kind), EMBEDDING_FORM and HYPERNETWORK_FORM are the two.
+"""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from ti.train import TrainConfig
+from ti.train import HypernetworkTrainConfig, TrainConfig
 
 # Widget labels by TrainConfig field, so an error names what the user sees.
 FIELD_LABELS = {
@@ -16,19 +21,50 @@ FIELD_LABELS = {
     "preview_every": "Save an image every N steps", "preview_prompt": "Preview prompt", "tag_dropout": "Drop out tags",
     "filewords_regex": "Filename word regex", "seed": "Seed", "preview_seed": "Preview seed",
     "preview_steps": "Preview steps", "preview_cfg": "Preview CFG scale",
+    "unload_vae": "Move the VAE to the CPU while training (saves VRAM)",
 }
+
+
+@dataclass(frozen=True)
+class TrainForm:
+    """What one training tab trains, and how its form differs from the other's."""
+
+    job_kind: str  # services.jobs kind of its runs
+    config_class: type = TrainConfig
+    learning_rate: str = "0.005"
+    template: str = "style_filewords.txt"
+    has_png_embedding: bool = True
+    labels: dict = field(default_factory=lambda: dict(FIELD_LABELS))
+
+    def label(self, field_name: str) -> str:
+        return self.labels.get(field_name, field_name)
+
+
+EMBEDDING_FORM = TrainForm(job_kind="train-embedding")
+HYPERNETWORK_FORM = TrainForm(
+    job_kind="train-hypernetwork", config_class=HypernetworkTrainConfig, learning_rate="0.00001",
+    template="hypernetwork.txt", has_png_embedding=False,
+    labels={**FIELD_LABELS, "name": "Hypernetwork", "learning_rate": "Hypernetwork learning rate",
+            "save_every": "Save a copy of the hypernetwork every N steps",
+            "unload_vae": "Move the VAE and the text encoder to the CPU while training (saves VRAM; "
+                          "no change on a CPU-only machine)"},
+)
 
 
 def _int(value, default=0):
     return default if value is None or value == "" else int(value)
 
 
-def build_train_config(values: dict, templates_dir: Path) -> TrainConfig:
-    """values: widget values keyed by TrainConfig field name. Raises ConfigError (field = the label)."""
+def build_train_config(values: dict, templates_dir: Path, form: TrainForm = EMBEDDING_FORM) -> TrainConfig:
+    """values: widget values keyed by TrainConfig field name -> form.config_class.
+
+    Raises:
+        ConfigError: field = the widget's label.
+    """
     from ti.errors import ConfigError
 
     try:
-        return TrainConfig(
+        return form.config_class(
             name=(values.get("name") or "").strip(),
             data_dir=Path((values.get("data_dir") or "").strip() or "."),
             learning_rate=values.get("learning_rate") or "",
@@ -63,7 +99,7 @@ def build_train_config(values: dict, templates_dir: Path) -> TrainConfig:
             unload_vae=bool(values.get("unload_vae")),
         )
     except ConfigError as error:
-        label = FIELD_LABELS.get(error.field, error.field)
+        label = form.label(error.field)
         message = str(error).split(": ", 1)[-1]
         raise ConfigError(label, message) from None
 
@@ -77,9 +113,9 @@ def format_duration(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def progress_text(snapshot) -> str:
-    """One status block from a JobSnapshot of a training job."""
-    if not snapshot.kind.startswith("train"):
+def progress_text(snapshot, job_kind: str | None = None) -> str:
+    """One status block from a JobSnapshot of a training job (of job_kind, when given)."""
+    if not snapshot.kind.startswith("train") or (job_kind is not None and snapshot.kind != job_kind):
         return "Not training."
     details = snapshot.details
     if snapshot.running:

@@ -1,12 +1,15 @@
-"""`python -m ti create-hypernetwork NAME ...`: a new hypernetwork file in --hypernetwork-dir.
+"""`python -m ti create-hypernetwork NAME ...` and `python -m ti train-hypernetwork NAME --data DIR ...`.
 
-Flags and defaults follow A1111's create form (a1111-compat.md §8). No model is loaded: a
-fresh hypernetwork records no checkpoint. (train-hypernetwork will be registered here too.)
+create-hypernetwork writes a new file in --hypernetwork-dir; its flags and defaults follow A1111's
+create form (a1111-compat.md §8). No model is loaded: a fresh hypernetwork records no checkpoint.
+train-hypernetwork takes the same training flags as train-embedding (ti/cli/training.py), with
+A1111's hypernetwork defaults (--lr 0.00001, --template hypernetwork.txt).
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
 
 DEFAULT_SIZES = "768,320,640,1280"
@@ -15,6 +18,7 @@ DEFAULT_SIZES = "768,320,640,1280"
 def register(subparsers) -> None:
     """Add the hypernetwork subcommands."""
     register_create(subparsers)
+    register_train(subparsers)
 
 
 def register_create(subparsers) -> None:
@@ -38,16 +42,13 @@ def register_create(subparsers) -> None:
 def _dropout_structure(args: argparse.Namespace, layer_structure: list[float]) -> list[float] | None:
     """A1111's rule: the structure counts only with dropout on; otherwise all zeros."""
     from ti.errors import ConfigError
-    from ti.hypernetwork import parse_number_list
+    from ti.hypernetwork import parse_dropout_structure
 
     if args.dropout_structure is None:
         return None  # zeros, or A1111's default when --dropout
     if not args.dropout:
         raise ConfigError("--dropout-structure", "is used only with --dropout; add --dropout or leave it out")
-    dropout_structure = parse_number_list(args.dropout_structure, "--dropout-structure")
-    if len(dropout_structure) == len(layer_structure) and (dropout_structure[0] != 0 or dropout_structure[-1] != 0):
-        raise ConfigError("--dropout-structure", f"must start and end with 0 (no dropout on the input or the output), got {args.dropout_structure!r}")
-    return dropout_structure
+    return parse_dropout_structure(args.dropout_structure, layer_structure, "--dropout-structure")
 
 
 def run_create(args: argparse.Namespace) -> int:
@@ -67,3 +68,28 @@ def run_create(args: argparse.Namespace) -> int:
     layers = ", ".join(f"{value:g}" for value in structure.layer_structure)
     print(f"created {path} (widths {', '.join(map(str, sizes))}; layers {layers}; {structure.activation}; {structure.weight_init})")
     return 0
+
+
+def register_train(subparsers) -> None:
+    from ti.cli import add_model_flags
+    from ti.cli.training import add_training_flags
+
+    parser = subparsers.add_parser("train-hypernetwork", help="train a hypernetwork on a folder of images")
+    parser.add_argument("name", help="the hypernetwork: <hypernetwork-dir>/NAME.pt, made first with `python -m ti create-hypernetwork`")
+    add_training_flags(parser, lr_default="0.00001", template_default="hypernetwork.txt", what="hypernetwork",
+                       unload_help="keep the VAE and the text encoder on the CPU while training (prompts are encoded there)")
+    add_model_flags(parser)
+    parser.set_defaults(func=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ti.cli.training import config_from_args, run_training_command
+    from ti.errors import ConfigError
+    from ti.train import HypernetworkTrainConfig, train_hypernetwork
+
+    config = config_from_args(args, HypernetworkTrainConfig)  # refuse bad options before loading the model
+    hypernetwork_dir = Path(args.hypernetwork_dir)
+    if not (hypernetwork_dir / f"{config.name}.pt").is_file():
+        raise ConfigError("name", f"{hypernetwork_dir / (config.name + '.pt')} does not exist; create it first: "
+                                  f"python -m ti create-hypernetwork {shlex.quote(config.name)} --sizes {DEFAULT_SIZES}")
+    return run_training_command(args, config, train_hypernetwork, hypernetwork_dir)

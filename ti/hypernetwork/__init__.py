@@ -6,6 +6,7 @@
     HypernetworkLibrary(folder)                               # **/*.pt by stem, lazy, cached by mtime
     parse_hypernet_tags(prompt) -> (prompt, [(name, strength)])
     with apply_hypernetworks(unet, [(hn, strength), ...]) as report: ...   # restores on exit
+    attention_widths(unet) -> [widths a hypernetwork can fire at]
 
 Pickled files are only ever opened through ti.formats.safe_load.
 """
@@ -14,6 +15,7 @@ from ti.hypernetwork.apply import (
     AppliedHypernetworks,
     HypernetworkAttnProcessor,
     apply_hypernetworks,
+    attention_widths,
     chain_hypernetworks,
     parse_hypernet_tags,
 )
@@ -35,6 +37,7 @@ from ti.hypernetwork.module import (
     HypernetworkStructure,
     create_form_activations,
     default_dropout_structure,
+    parse_dropout_structure,
     parse_number_list,
     parse_sizes,
 )
@@ -49,6 +52,7 @@ __all__ = [
     "HypernetworkStructure",
     "WEIGHT_INITS",
     "apply_hypernetworks",
+    "attention_widths",
     "chain_hypernetworks",
     "create_form_activations",
     "create_hypernetwork",
@@ -58,6 +62,7 @@ __all__ = [
     "hypernetwork_from_dict",
     "hypernetwork_to_dict",
     "load_hypernetwork_file",
+    "parse_dropout_structure",
     "parse_hypernet_tags",
     "parse_number_list",
     "parse_sizes",

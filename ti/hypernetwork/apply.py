@@ -173,6 +173,12 @@ def _attention_layers(unet) -> list[tuple[str, object]]:
             if isinstance(module, Attention) and getattr(module, "to_k", None) is not None]
 
 
+def attention_widths(unet) -> list[int]:
+    """The context widths of the UNet's attention layers (to_k's input width), sorted: the widths
+    a hypernetwork needs module pairs for to fire on this model (SD1: 320, 640, 768, 1280)."""
+    return sorted({module.to_k.in_features for _, module in _attention_layers(unet)})
+
+
 def _checked_pairs(hypernetworks: Sequence[tuple[Hypernetwork, float]]) -> list[tuple[Hypernetwork, float]]:
     checked = []
     for entry in hypernetworks:

@@ -94,6 +94,19 @@ def parse_number_list(text: str, field: str) -> list[float]:
     return numbers
 
 
+def parse_dropout_structure(text: str, layer_structure: Sequence[float], field: str = "dropout structure") -> list[float]:
+    """`"0, 0.3, 0"` -> [0.0, 0.3, 0.0] (pure; for CLI flags and form boxes).
+
+    Raises:
+        ConfigError(field): not numbers, or (with one entry per layer structure entry) a first or
+        last entry that is not 0: no dropout on the input or the output.
+    """
+    dropout_structure = parse_number_list(text, field)
+    if len(dropout_structure) == len(layer_structure) and (dropout_structure[0] != 0 or dropout_structure[-1] != 0):
+        raise ConfigError(field, f"must start and end with 0 (no dropout on the input or the output), got {text!r}")
+    return dropout_structure
+
+
 def parse_sizes(text: str) -> list[int]:
     """`"768, 320, 640, 1280"` -> [768, 320, 640, 1280]: the context widths to make module pairs for.
 

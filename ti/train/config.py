@@ -1,4 +1,7 @@
-"""TrainConfig: every option of an embedding training run, with A1111's defaults, validated.
+"""TrainConfig: every option of a training run, with A1111's defaults, validated.
+
+HypernetworkTrainConfig is the same options with A1111's hypernetwork defaults (learning rate
+0.00001, template hypernetwork.txt); one loop trains both (loop.py).
 
 The UI and the CLI both build one of these; a run writes it beside its outputs as
 `settings-<datetime>.json` (`to_json`), and `from_dict` reads such a file back.
@@ -217,6 +220,25 @@ class TrainConfig:
         if unknown and not ignore_unknown:
             raise ConfigError(unknown[0], f"is not a training option (known: {', '.join(sorted(known))})")
         return cls(**{key: value for key, value in values.items() if key in known})
+
+
+@dataclass
+class HypernetworkTrainConfig(TrainConfig):
+    """Options for training a hypernetwork: TrainConfig's, with A1111's hypernetwork defaults.
+
+    unload_vae keeps the VAE and the text encoder on the CPU (A1111 moves both for
+    hypernetworks); png_embedding does not apply (there is no image form of a hypernetwork).
+    """
+
+    name: str = field(metadata={"help": "The hypernetwork to train: <hypernetwork dir>/<name>.pt, created beforehand."})
+    learning_rate: str = option("0.00001", 'Learning rate, or a schedule ("1e-5:1000, 5e-6"). Hypernetworks '
+                                           "diverge above about 1e-5; users go down to 5e-6…5e-7.")
+    template: str = option("hypernetwork.txt", "Prompt template: a file name in the templates folder, or a path. "
+                                               "[name] becomes the hypernetwork's name as plain text.")
+    save_every: int = option(500, "Copy the hypernetwork to <hypernetwork dir>/<name>-<step>.pt every N steps (0: never).")
+    png_embedding: bool = option(False, "Not used for hypernetworks.")
+    unload_vae: bool = option(False, "Keep the VAE and the text encoder on the CPU while training (saves VRAM; "
+                                     "prompts are encoded there, each once; both come back for previews).")
 
 
 def _require_int(name: str, value: object) -> None:

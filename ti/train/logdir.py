@@ -7,6 +7,9 @@
         textual_inversion_loss.csv               step, epoch, epoch_step, loss, learn_rate
         settings-<YYYY-MM-DD-HH-MM-SS>.json
 
+A hypernetwork run has images/, hypernetwork_loss.csv and the settings file (its copies go to
+the hypernetworks folder, as A1111's do).
+
 A file named `<name>-500` holds step 500 (A1111's are one off: `-500` holds step 499).
 """
 
@@ -22,6 +25,7 @@ from pathlib import Path
 from ti.formats import write_file_atomically
 
 LOSS_CSV_NAME = "textual_inversion_loss.csv"
+HYPERNETWORK_LOSS_CSV_NAME = "hypernetwork_loss.csv"
 LOSS_CSV_COLUMNS = ("step", "epoch", "epoch_step", "loss", "learn_rate")
 
 
@@ -31,10 +35,12 @@ class TrainLogDir:
 
     root: Path
     name: str
+    loss_csv_name: str = LOSS_CSV_NAME
 
     @classmethod
-    def for_run(cls, log_dir: Path, name: str, started: dt.datetime) -> "TrainLogDir":
-        return cls(Path(log_dir) / started.strftime("%Y-%m-%d") / name, name)
+    def for_run(cls, log_dir: Path, name: str, started: dt.datetime,
+                loss_csv_name: str = LOSS_CSV_NAME) -> "TrainLogDir":
+        return cls(Path(log_dir) / started.strftime("%Y-%m-%d") / name, name, loss_csv_name)
 
     @property
     def embeddings(self) -> Path:
@@ -50,7 +56,7 @@ class TrainLogDir:
 
     @property
     def loss_csv(self) -> Path:
-        return self.root / LOSS_CSV_NAME
+        return self.root / self.loss_csv_name
 
     def embedding_copy(self, step: int) -> Path:
         return self.embeddings / f"{self.name}-{step}.pt"

@@ -1,15 +1,21 @@
-"""The embedding training loop: one function, read top to bottom (design.md §4).
+"""The training loop: one function for embeddings and hypernetworks, read top to bottom (design.md §4).
 
-    1. Where we start: the embedding file, its step, the schedules.
+    1. Where we start: the target's file and step, the schedules, the template.
     2. Data: images -> buckets -> latents, encoded once.
-    3. What trains: the vectors (a float32 Parameter), AdamW and its saved state.
+    3. What trains: the target's parameters, its optimizer and the state saved beside its file.
     4. The log folder's settings file.
-    5. Steps: stop check, schedule, micro-batches (prompt -> text encoder -> UNet -> MSE),
-       NaN check, clip, optimizer step, CSV, progress, saves and previews.
-    6. The final save to embeddings_dir/<name>.pt, and the result.
+    5. Steps: stop check, schedule, micro-batches (prompt -> conditioning -> UNet -> MSE),
+       NaN check (the target rolls back), clip, optimizer step, CSV, progress, saves and previews.
+    6. The final save to the target's file, and the result.
 
-The UNet, VAE and text encoder stay frozen; gradients reach only the vectors, through the
-token-embedding hook that PromptEncoder installs while it encodes.
+What differs between an embedding and a hypernetwork (which tensors train, how prompts become
+conditioning, how the UNet forward is wrapped, where copies go, how a NaN is rolled back) is the
+target's (target.py, embedding_target.py, hypernetwork_target.py). The UNet, VAE and text
+encoder stay frozen throughout.
+
+    train_embedding(model, config, embeddings_dir, hooks) -> TrainResult
+    train_hypernetwork(model, config, hypernetwork_dir, hooks) -> TrainResult
+    run_training(model, config, target, hooks) -> TrainResult
 """
 
 from __future__ import annotations
@@ -20,26 +26,24 @@ import math
 import time
 from collections import deque
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
 import torch
 from torch import nn
 
-from ti.conditioning import PromptEncoder
 from ti.errors import TrainingError
 from ti.pipeline import LoadedModel
 from ti.schedule import ScheduleSegment, parse_schedule, schedule_end, value_at
-from ti.templates import NAME_PLACEHOLDER, read_template
+from ti.templates import read_template
 from ti.train.batches import BatchLayout, MicroBatch, TrainingBatches
-from ti.train.checkpoint import load_resume_state, load_start_embedding, save_checkpoint
 from ti.train.config import TrainConfig
 from ti.train.dataset import iter_prepared_images, list_image_files
+from ti.train.embedding_target import EmbeddingTarget
 from ti.train.hooks import STOP_FINISHED, STOP_INTERRUPTED, STOP_NAN, TrainHooks, TrainProgress, TrainResult
 from ti.train.latents import encode_images
 from ti.train.logdir import TrainLogDir
-from ti.train.preview import snapshot_embedding, write_preview
+from ti.train.target import TrainingTarget
 
 log = logging.getLogger(__name__)
 
@@ -58,31 +62,55 @@ def train_embedding(model: LoadedModel, config: TrainConfig, embeddings_dir: Pat
         TrainingError: no such embedding, wrong width, no usable image, an inpainting model.
         Any other exception ends the run after saving the vectors of the last completed step.
     """
+    return run_training(model, config, EmbeddingTarget(model, config, embeddings_dir), hooks)
+
+
+def train_hypernetwork(model: LoadedModel, config: TrainConfig, hypernetwork_dir: Path,
+                       hooks: TrainHooks | None = None) -> TrainResult:
+    """Train hypernetwork_dir/<config.name>.pt on config.data_dir; resumes from the step it holds.
+
+    Use HypernetworkTrainConfig for A1111's hypernetwork defaults (learning rate 0.00001,
+    hypernetwork.txt). Copies go to hypernetwork_dir/<name>-<step>.pt (+ .optim) every
+    save_every steps; previews and hypernetwork_loss.csv to the log folder.
+
+    Returns:
+        TrainResult: as train_embedding; after a NaN the hypernetwork and its optimizer state are
+        rolled back to the last good copy (or the start file) and saved as <name>.pt.
+    Raises:
+        TrainingError: no such hypernetwork, one with no module for this model's attention
+        widths, no usable image, an inpainting model. Any other exception ends the run after
+        saving the weights of the last completed step.
+    """
+    from ti.train.hypernetwork_target import HypernetworkTarget
+
+    return run_training(model, config, HypernetworkTarget(model, config, hypernetwork_dir), hooks)
+
+
+def run_training(model: LoadedModel, config: TrainConfig, target: TrainingTarget,
+                 hooks: TrainHooks | None = None) -> TrainResult:
+    """The loop itself, over any TrainingTarget (see train_embedding for what it returns and raises)."""
     hooks = hooks or TrainHooks()
     started = dt.datetime.now()
     pipe = model.pipe
 
-    # 1. Where we start: the embedding file, its step, and the schedules (parsed from step 0, so
+    # 1. Where we start: the target's step, and the schedules (parsed from step 0, so
     #    value_at(step) is the same whether or not this run is a resume).
-    embedding_path = Path(embeddings_dir) / f"{config.name}.pt"
-    start = load_start_embedding(embedding_path, model.text_width)
-    start_step = step = start.step or 0
+    final_path = target.path
+    start_step = step = target.start_step
     lr_segments = parse_schedule(config.learning_rate, config.max_steps, what="learning rate")
     end_step = schedule_end(lr_segments)
     if step >= end_step:
         limit = "max_steps" if end_step == config.max_steps else "the learning rate schedule's last step"
-        return TrainResult(step=step, path=embedding_path, stop_reason=STOP_FINISHED, log_dir=None, start_step=step,
+        return TrainResult(step=step, path=final_path, stop_reason=STOP_FINISHED, log_dir=None, start_step=step,
                            message=f"{config.name} is already trained to step {step}, and {limit} is {end_step}: "
                                    f"nothing to do. Raise it to train further.")
     clip_segments = (parse_schedule(config.clip_value, config.max_steps, what="gradient clip value")
                      if config.clip_grad != "none" else None)
     if pipe.unet.config.in_channels != 4:
         raise TrainingError(f"{model.name}: the UNet takes {pipe.unet.config.in_channels} input channels "
-                            f"(an inpainting model?); train embeddings on a regular model")
+                            f"(an inpainting model?); train {target.kind}s on a regular model")
     template_lines = read_template(config.template_path())
-    if not any(NAME_PLACEHOLDER in line for line in template_lines):
-        raise TrainingError(f"template {config.template_path()}: no line has {NAME_PLACEHOLDER}, so the prompts would "
-                            f"never use the embedding; pick a template with {NAME_PLACEHOLDER} (style.txt, subject.txt, …)")
+    target.check(template_lines, config.template_path())
 
     with _frozen(pipe.unet, pipe.vae, pipe.text_encoder), torch.enable_grad():
         # 2. Data: each image fitted to its bucket and VAE-encoded once, here, never per step.
@@ -104,37 +132,34 @@ def train_embedding(model: LoadedModel, config: TrainConfig, embeddings_dir: Pat
         batches = TrainingBatches(samples, layout, template_lines, config.name, config.seed, config.shuffle_tags,
                                   config.tag_dropout, noise_scheduler.config.num_train_timesteps)
 
-        # 3. What trains: the vectors as a float32 Parameter; AdamW resumed from the .optim
-        #    beside the file when it was saved for exactly these vectors and step.
-        vectors = nn.Parameter(start.vectors.to(device=model.device, dtype=torch.float32).clone())
-        optimizer = torch.optim.AdamW([vectors], lr=value_at(lr_segments, step), weight_decay=0.0)
+        # 3. What trains: the target's float32 Parameters and optimizer, resumed from the state
+        #    saved beside its file when that state belongs to exactly this file and step.
+        parameters = target.parameters()
+        optimizer = target.make_optimizer(value_at(lr_segments, step))
         # fp16 gradients underflow without loss scaling (bf16 and fp32 have the range to spare).
         grad_scaler = torch.amp.GradScaler(model.device.type) if model.dtype == torch.float16 else None
-        resume = load_resume_state(embedding_path, start)
-        if resume.optimizer_state is not None:
-            optimizer.load_state_dict(resume.optimizer_state)
-            if grad_scaler is not None and resume.grad_scaler_state:
-                grad_scaler.load_state_dict(resume.grad_scaler_state)
+        resume = target.resume(optimizer, grad_scaler)
         if resume.note:
             notes.append(resume.note)
         if resume.seed is not None and resume.seed != config.seed:
             notes.append(f"the previous run used seed {resume.seed}, this one {config.seed}: not an exact continuation")
-        prompt_encoder = PromptEncoder(model.tokenizer, model.text_encoder, {config.name: vectors})
 
         # 4. The log folder, with the settings this run used.
-        log_dir = TrainLogDir.for_run(Path(config.log_dir), config.name, started)
-        log_dir.write_settings(_settings(config, model, layout, samples, skipped, start_step, end_step), started)
+        log_dir = TrainLogDir.for_run(Path(config.log_dir), config.name, started, target.loss_csv_name)
+        settings = _settings(config, model, layout, samples, skipped, start_step, end_step)
+        log_dir.write_settings({**settings, **target.settings()}, started)
 
-        # 5. Steps. The state (vectors, optimizer, step) only changes at the optimizer step, so
-        #    at every check below it is consistent and can be saved as is.
+        # 5. Steps. The state (parameters, optimizer, step) only changes at the optimizer step,
+        #    so at every check below it is consistent and can be saved as is.
         stop_reason, message_detail = STOP_FINISHED, ""
         loss_history: list[tuple[int, float]] = []
         step_times: deque[float] = deque(maxlen=_TIMING_WINDOW)
         last_preview: Path | None = None
+        offloaded = target.offload_modules() if config.unload_vae else []
         hooks.status(f"training {config.name} from step {step} to {end_step}")
         try:
-            if config.unload_vae:
-                pipe.vae.to("cpu")  # the latents are cached; previews bring it back for decoding
+            for module in offloaded:
+                module.to("cpu")
             while True:
                 # 5a. Stop at the step boundary: schedule exhausted, or asked to.
                 learning_rate = value_at(lr_segments, step)
@@ -148,37 +173,37 @@ def train_embedding(model: LoadedModel, config: TrainConfig, embeddings_dir: Pat
                     group["lr"] = learning_rate
                 optimizer.zero_grad(set_to_none=True)
 
-                # 5b. Accumulate the step's micro-batches: prompts through the text encoder (with
-                #     the trainable vectors), noise, UNet, MSE; each loss scaled by 1/grad_accum.
+                # 5b. Accumulate the step's micro-batches: prompts to conditioning (through the
+                #     target), noise, UNet (wrapped by the target), MSE; each loss / grad_accum.
                 step_loss, first_prompt, bad_loss = 0.0, "", None
-                for micro_index in range(layout.grad_accum):
-                    batch = batches.micro_batch(step, micro_index)
-                    first_prompt = first_prompt or batch.prompts[0]
-                    conditioning, _ = prompt_encoder.encode(batch.prompts)
-                    loss = denoising_loss(pipe.unet, noise_scheduler, conditioning, batch, model.dtype)
-                    loss_value = float(loss.detach())
-                    if not math.isfinite(loss_value):
-                        bad_loss = f"the loss became {loss_value} at step {step + 1} (micro-batch {micro_index + 1})"
-                        break
-                    scaled = loss / layout.grad_accum
-                    (grad_scaler.scale(scaled) if grad_scaler else scaled).backward()
-                    step_loss += loss_value / layout.grad_accum
+                with target.step_context(step):
+                    for micro_index in range(layout.grad_accum):
+                        batch = batches.micro_batch(step, micro_index)
+                        first_prompt = first_prompt or batch.prompts[0]
+                        conditioning = target.encode(batch.prompts)
+                        loss = denoising_loss(pipe.unet, noise_scheduler, conditioning, batch, model.dtype)
+                        loss_value = float(loss.detach())
+                        if not math.isfinite(loss_value):
+                            bad_loss = f"the loss became {loss_value} at step {step + 1} (micro-batch {micro_index + 1})"
+                            break
+                        scaled = loss / layout.grad_accum
+                        (grad_scaler.scale(scaled) if grad_scaler else scaled).backward()
+                        step_loss += loss_value / layout.grad_accum
 
                 # 5c. Clip and update. A non-finite gradient stops the run like a NaN loss (with
                 #     fp16 the GradScaler skips such steps itself, as A1111's does).
                 if bad_loss is None:
-                    if vectors.grad is None:
-                        raise TrainingError(f"step {step + 1}: no prompt of the batch used the embedding "
-                                            f"({first_prompt!r}); its name must appear as a word of its own")
+                    target.check_gradients(step, first_prompt)
                     if grad_scaler is not None:
                         grad_scaler.unscale_(optimizer)
-                    _clip_gradient(vectors, config.clip_grad, clip_segments, step)
-                    if grad_scaler is None and not bool(torch.isfinite(vectors.grad).all()):
+                    _clip_gradient(parameters, config.clip_grad, clip_segments, step)
+                    if grad_scaler is None and not _gradients_finite(parameters):
                         bad_loss = f"the gradient became NaN/inf at step {step + 1}"
                 if bad_loss is not None:
                     optimizer.zero_grad(set_to_none=True)
+                    step, kept = target.roll_back(step, optimizer, grad_scaler)
                     stop_reason = STOP_NAN
-                    message_detail = (f"{bad_loss}; stopped and kept the vectors of step {step}. "
+                    message_detail = (f"{bad_loss}; stopped and {kept}. "
                                       f"Try a lower learning rate (now {learning_rate:g}) or gradient clipping.")
                     break
                 if grad_scaler is not None:
@@ -196,17 +221,14 @@ def train_embedding(model: LoadedModel, config: TrainConfig, embeddings_dir: Pat
                 want_copy = config.save_every and step % config.save_every == 0
                 want_preview = config.preview_every and step % config.preview_every == 0
                 if want_copy or want_preview:
-                    snapshot = snapshot_embedding(f"{config.name}-{step}", vectors, step, model)
+                    snapshot = target.snapshot(step)
                     if want_copy:
-                        save_checkpoint(snapshot, log_dir.embedding_copy(step), optimizer, config.seed,
-                                        grad_scaler.state_dict() if grad_scaler else None)
+                        target.save_copy(snapshot, log_dir, optimizer, config.seed,
+                                         grad_scaler.state_dict() if grad_scaler else None)
                     if want_preview:
                         hooks.status(f"preview at step {step}")
-                        with _vae_on(pipe.vae, model.device, config.unload_vae):
-                            files = write_preview(model, config.name, snapshot, config,
-                                                  config.preview_prompt or first_prompt, log_dir.preview(step),
-                                                  log_dir.image_embedding(step) if config.png_embedding else None)
-                        last_preview = files.preview
+                        with _modules_on(offloaded, model.device):
+                            last_preview = target.write_preview(snapshot, config.preview_prompt or first_prompt, log_dir)
                 if hooks.on_progress:
                     hooks.on_progress(TrainProgress(
                         step=step, max_steps=end_step, loss=step_loss, learning_rate=learning_rate, epoch=epoch,
@@ -216,23 +238,23 @@ def train_embedding(model: LoadedModel, config: TrainConfig, embeddings_dir: Pat
             # An error (out of memory in a preview, a full disk, Ctrl-C outside the CLI's handler)
             # must not cost the steps done: save them, then let the error through.
             if step > start_step:
-                _save_final(config, model, vectors, step, optimizer, grad_scaler, embedding_path)
-                log.error("training stopped by an error at step %d; saved %s", step, embedding_path)
+                target.save_final(step, optimizer, config.seed, grad_scaler.state_dict() if grad_scaler else None)
+                log.error("training stopped by an error at step %d; saved %s", step, final_path)
             raise
         finally:
-            if config.unload_vae:
-                pipe.vae.to(model.device)
+            for module in offloaded:
+                module.to(model.device)
 
-    # 6. The final save: always embeddings_dir/<name>.pt (and .optim), stamped with this model.
-    _save_final(config, model, vectors, step, optimizer, grad_scaler, embedding_path)
+    # 6. The final save: always <folder>/<name>.pt (and .optim), stamped with this model.
+    target.save_final(step, optimizer, config.seed, grad_scaler.state_dict() if grad_scaler else None)
     if stop_reason == STOP_FINISHED:
-        message = f"finished: {config.name} trained to step {step}, saved to {embedding_path}."
+        message = f"finished: {config.name} trained to step {step}, saved to {final_path}."
     elif stop_reason == STOP_INTERRUPTED:
-        message = (f"interrupted at step {step}; saved to {embedding_path}. Train again with the same "
+        message = (f"interrupted at step {step}; saved to {final_path}. Train again with the same "
                    f"settings to continue from step {step}.")
     else:
-        message = f"{message_detail} Saved to {embedding_path}."
-    return TrainResult(step=step, path=embedding_path, stop_reason=stop_reason, message=message, log_dir=log_dir.root,
+        message = f"{message_detail} Saved to {final_path}."
+    return TrainResult(step=step, path=final_path, stop_reason=stop_reason, message=message, log_dir=log_dir.root,
                        skipped_images=skipped, notes=notes, loss_history=loss_history, last_preview=last_preview,
                        start_step=start_step)
 
@@ -266,22 +288,24 @@ def _noise_scheduler(pipe):
     return DDPMScheduler.from_config(pipe.scheduler.config)
 
 
-def _clip_gradient(vectors: nn.Parameter, mode: str, segments: list[ScheduleSegment] | None, step: int) -> None:
-    if mode == "none" or segments is None or vectors.grad is None:
+def _clip_gradient(parameters: list[nn.Parameter], mode: str, segments: list[ScheduleSegment] | None,
+                   step: int) -> None:
+    with_gradients = [parameter for parameter in parameters if parameter.grad is not None]
+    if mode == "none" or segments is None or not with_gradients:
         return
     clip_value = value_at(segments, step)
     if clip_value is None:  # the clip schedule ended before the learning rate's: keep its last value
         clip_value = segments[-1].value
     if mode == "value":
-        torch.nn.utils.clip_grad_value_([vectors], clip_value)
+        torch.nn.utils.clip_grad_value_(with_gradients, clip_value)
     else:
-        torch.nn.utils.clip_grad_norm_([vectors], clip_value)
+        torch.nn.utils.clip_grad_norm_(with_gradients, clip_value)
 
 
-def _save_final(config: TrainConfig, model: LoadedModel, vectors: torch.Tensor, step: int,
-                optimizer: torch.optim.Optimizer, grad_scaler, path: Path) -> None:
-    embedding = replace(snapshot_embedding(config.name, vectors, step, model), sha256=None)
-    save_checkpoint(embedding, path, optimizer, config.seed, grad_scaler.state_dict() if grad_scaler else None)
+def _gradients_finite(parameters: list[nn.Parameter]) -> bool:
+    """All gradients finite, checked with one device sync (not one per tensor)."""
+    checks = [torch.isfinite(parameter.grad).all() for parameter in parameters if parameter.grad is not None]
+    return bool(torch.stack(checks).all()) if checks else True
 
 
 @contextmanager
@@ -298,16 +322,16 @@ def _frozen(*modules: nn.Module) -> Iterator[None]:
 
 
 @contextmanager
-def _vae_on(vae: nn.Module, device: torch.device, was_unloaded: bool) -> Iterator[None]:
-    """With unload_vae, bring the VAE back to the device for a preview's decode, then away again."""
-    if not was_unloaded:
-        yield
-        return
-    vae.to(device)
+def _modules_on(modules: list[nn.Module], device: torch.device) -> Iterator[None]:
+    """Bring unloaded modules (the VAE; for hypernetworks also the text encoder) back to the
+    device for a preview, then away to the CPU again."""
+    for module in modules:
+        module.to(device)
     try:
         yield
     finally:
-        vae.to("cpu")
+        for module in modules:
+            module.to("cpu")
 
 
 def _layout_notes(config: TrainConfig, layout: BatchLayout, num_samples: int) -> list[str]:

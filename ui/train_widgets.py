@@ -1,0 +1,116 @@
+"""The training options, job and monitor both training tabs share (Train embedding, Hypernetworks).
+
+    build_training_options(services, form, prefix) -> {TrainConfig field: widget}
+    build_training_monitor(prefix) -> status, loss plot, latest preview
+    training_work(train, model, config, folder) -> a services.jobs work function
+    monitor_values(snapshot, job_kind) -> (status text, loss frame, preview path)
+
+Widget elem_ids are `<prefix><name>` (train_lr, hn_lr, …). Callbacks stay in the tabs, each with
+its own name.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+import pandas as pd
+
+from ti.samplers import sampler_names
+from ti.templates import list_templates
+from ti.train import TrainHooks
+from ti.train.config import CLIP_GRAD_MODES, LATENT_SAMPLING_METHODS
+from ui.services import AppServices
+from ui.train_form import TrainForm, progress_text
+
+
+def loss_frame(history) -> pd.DataFrame:
+    return pd.DataFrame(history or [], columns=["step", "loss"])
+
+
+def build_training_options(services: AppServices, form: TrainForm, prefix: str) -> dict[str, gr.components.Component]:
+    """Every TrainConfig option but the name, as widgets with A1111's defaults for `form`."""
+    templates = list(list_templates(services.paths.templates_dir)) or [form.template]
+    w: dict[str, gr.components.Component] = {}
+    w["learning_rate"] = gr.Textbox(label=form.label("learning_rate"), value=form.learning_rate, elem_id=f"{prefix}lr",
+                                    info=f"a rate, or a schedule: {form.learning_rate}:100, 1e-3:1000, 1e-5")
+    with gr.Row():
+        w["clip_grad"] = gr.Dropdown(label="Gradient clipping", choices=list(CLIP_GRAD_MODES), value="none")
+        w["clip_value"] = gr.Textbox(label="Clip value", value="0.1")
+    with gr.Row():
+        w["batch_size"] = gr.Number(label="Batch size", value=1, precision=0, elem_id=f"{prefix}batch_size")
+        w["grad_accum"] = gr.Number(label="Gradient accumulation steps", value=1, precision=0)
+    w["data_dir"] = gr.Textbox(label="Dataset directory", elem_id=f"{prefix}data_dir")
+    w["log_dir"] = gr.Textbox(label="Log directory", value=str(services.paths.log_dir), elem_id=f"{prefix}log_dir")
+    w["template"] = gr.Dropdown(label="Prompt template", choices=templates,
+                                value=form.template if form.template in templates else templates[0],
+                                elem_id=f"{prefix}template")
+    with gr.Row():
+        w["width"] = gr.Slider(label="Width", minimum=64, maximum=2048, step=8, value=512, elem_id=f"{prefix}width")
+        w["height"] = gr.Slider(label="Height", minimum=64, maximum=2048, step=8, value=512, elem_id=f"{prefix}height")
+    w["no_resize"] = gr.Checkbox(label="Do not resize images (keep each image's size, rounded to 64)")
+    w["max_steps"] = gr.Number(label="Max steps", value=100000, precision=0, elem_id=f"{prefix}max_steps")
+    with gr.Row():
+        w["preview_every"] = gr.Number(label="Save an image every N steps (0 = off)", value=500, precision=0,
+                                       elem_id=f"{prefix}preview_every")
+        w["save_every"] = gr.Number(label=f"{form.label('save_every')} (0 = off)", value=500, precision=0,
+                                    elem_id=f"{prefix}save_every")
+    if form.has_png_embedding:
+        w["png_embedding"] = gr.Checkbox(label="Save images with the embedding in PNG chunks", value=True)
+    with gr.Accordion("Preview", open=False):
+        w["preview_prompt"] = gr.Textbox(label="Preview prompt (empty = a training prompt)")
+        w["preview_negative_prompt"] = gr.Textbox(label="Preview negative prompt")
+        with gr.Row():
+            w["preview_sampler"] = gr.Dropdown(label="Sampler", choices=sampler_names(), value="Euler a")
+            w["preview_steps"] = gr.Number(label="Preview steps", value=20, precision=0, elem_id=f"{prefix}preview_steps")
+            w["preview_cfg"] = gr.Number(label="Preview CFG scale", value=7)
+            w["preview_seed"] = gr.Number(label="Preview seed (-1 = random)", value=-1, precision=0)
+    with gr.Accordion("Captions, data and memory", open=False):
+        with gr.Row():
+            w["shuffle_tags"] = gr.Checkbox(label="Shuffle tags by ',' when creating prompts")
+            w["tag_dropout"] = gr.Slider(label="Drop out tags when creating prompts", minimum=0, maximum=1,
+                                         step=0.1, value=0)
+        w["latent_sampling"] = gr.Radio(label="Latent sampling method", choices=list(LATENT_SAMPLING_METHODS),
+                                        value="once")
+        w["alpha_weight"] = gr.Checkbox(label="Use PNG alpha channel as loss weight")
+        w["flip"] = gr.Checkbox(label="Add horizontally flipped copies")
+        with gr.Row():
+            w["filewords_regex"] = gr.Textbox(label="Filename word regex")
+            w["filewords_join"] = gr.Textbox(label="Filename join string", value=" ")
+        w["seed"] = gr.Number(label="Seed (batches, noise, timesteps)", value=0, precision=0)
+        w["unload_vae"] = gr.Checkbox(label=form.label("unload_vae"), elem_id=f"{prefix}unload")
+    return w
+
+
+def build_training_monitor(prefix: str) -> tuple[gr.Markdown, gr.LinePlot, gr.Image]:
+    status = gr.Markdown("Not training.", elem_id=f"{prefix}status")
+    plot = gr.LinePlot(loss_frame([]), x="step", y="loss", title="Loss", elem_id=f"{prefix}loss_plot", height=260)
+    preview = gr.Image(label="Latest preview", type="filepath", interactive=False, elem_id=f"{prefix}preview")
+    return status, plot, preview
+
+
+def training_work(train, model, config, folder):
+    """The job function for services.jobs.start: train(model, config, folder, hooks), reporting progress."""
+
+    def work(progress):
+        def report(p):
+            progress.update(step=p.step, total=p.max_steps, loss=p.loss, learning_rate=p.learning_rate,
+                            loss_history=list(p.loss_history), preview=str(p.preview_path) if p.preview_path else None)
+
+        hooks = TrainHooks(on_progress=report, should_stop=progress.should_stop,
+                           on_status=lambda text: progress.update(message=text))
+        progress.update(step=0, total=config.max_steps)
+        return train(model, config, folder, hooks)
+
+    return work
+
+
+def monitor_values(snapshot, job_kind: str) -> tuple[str, pd.DataFrame, str | None]:
+    """Status text, loss frame and latest preview for a tab whose runs are `job_kind` jobs."""
+    if snapshot.kind != job_kind:
+        return progress_text(snapshot, job_kind), loss_frame([]), None
+    history = snapshot.details.get("loss_history", [])
+    if snapshot.result is not None and getattr(snapshot.result, "loss_history", None):
+        history = snapshot.result.loss_history
+    preview_path = snapshot.details.get("preview")
+    if snapshot.result is not None and getattr(snapshot.result, "last_preview", None):
+        preview_path = str(snapshot.result.last_preview)
+    return progress_text(snapshot, job_kind), loss_frame(history), preview_path

@@ -97,7 +97,8 @@ def build_hypernetwork_tab(services: AppServices) -> dict[str, gr.components.Com
 
     def on_train_hypernetwork(*values):
         try:
-            config = build_train_config(dict(zip(train_fields, values)), services.paths.templates_dir, HYPERNETWORK_FORM)
+            config = build_train_config(dict(zip(train_fields, values)), services.paths.templates_dir, HYPERNETWORK_FORM,
+                                        log_root=services.paths.log_dir)
             work = training_work(train_hypernetwork, services.model, config, services.paths.hypernetwork_dir)
             services.jobs.start(JOB_KIND, f"Training {config.name}", work)
         except Exception as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gradio as gr
 
 from ti.train import train_embedding
+from ti.library import is_utf8_name
 from ui.errors import user_error
 from ui.services import AppServices
 from ui.train_form import EMBEDDING_FORM, build_train_config, progress_text
@@ -20,7 +21,10 @@ def embedding_names(services: AppServices) -> list[str]:
     """Embeddings that can be trained: <name>.pt files at the top of the embeddings folder."""
     services.library.refresh()
     folder = services.paths.embeddings_dir
-    return sorted((p.stem for p in folder.glob("*.pt")), key=str.lower) if folder.is_dir() else []
+    if not folder.is_dir():
+        return []
+    # Names that are not UTF-8 cannot travel to the page (Gradio's JSON refuses lone surrogates).
+    return sorted((p.stem for p in folder.glob("*.pt") if is_utf8_name(p.name)), key=str.lower)
 
 
 def build_train_tab(services: AppServices) -> dict[str, gr.components.Component]:
@@ -41,7 +45,8 @@ def build_train_tab(services: AppServices) -> dict[str, gr.components.Component]
 
     def on_start(*values):
         try:
-            config = build_train_config(dict(zip(field_names, values)), services.paths.templates_dir, EMBEDDING_FORM)
+            config = build_train_config(dict(zip(field_names, values)), services.paths.templates_dir, EMBEDDING_FORM,
+                                        log_root=services.paths.log_dir)
             work = training_work(train_embedding, services.model, config, services.paths.embeddings_dir)
             services.jobs.start(EMBEDDING_FORM.job_kind, f"Training {config.name}", work)
         except Exception as exc:

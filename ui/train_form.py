@@ -55,15 +55,37 @@ def _int(value, default=0):
     return default if value is None or value == "" else int(value)
 
 
-def build_train_config(values: dict, templates_dir: Path, form: TrainForm = EMBEDDING_FORM) -> TrainConfig:
+def log_dir_inside(text: str, log_root: Path) -> str:
+    """The Log directory box, kept inside the app's --log-dir: the page (or an API client of a
+    --listen server) must not make training write anywhere else. Relative paths count from
+    log_root's parent, so the default value (the --log-dir itself) works as is.
+
+    Raises:
+        ConfigError("log_dir"): a path outside log_root.
+    """
+    from ti.errors import ConfigError
+
+    root = Path(log_root).resolve()
+    typed = Path((text or "").strip() or str(log_root))
+    candidate = (typed if typed.is_absolute() else Path(log_root).parent / typed).resolve()
+    if candidate != root and root not in candidate.parents:
+        raise ConfigError("log_dir", f"{text!r} is outside the log folder {log_root}; use it or a folder inside it")
+    return str(candidate)
+
+
+def build_train_config(values: dict, templates_dir: Path, form: TrainForm = EMBEDDING_FORM,
+                       log_root: Path | None = None) -> TrainConfig:
     """values: widget values keyed by TrainConfig field name -> form.config_class.
 
+    log_root: when given, the log directory must lie inside it (log_dir_inside).
     Raises:
         ConfigError: field = the widget's label.
     """
     from ti.errors import ConfigError
 
     try:
+        if log_root is not None:
+            values = {**values, "log_dir": log_dir_inside(values.get("log_dir") or "", log_root)}
         return form.config_class(
             name=(values.get("name") or "").strip(),
             data_dir=Path((values.get("data_dir") or "").strip() or "."),

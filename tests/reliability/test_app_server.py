@@ -266,10 +266,6 @@ def test_page_outputs_stay_json_safe_with_non_utf8_file_names(ui):
     assert "caf\ufffd.pt" in outputs[0] and "not valid UTF-8" in outputs[0]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (ui/tab_train.py embedding_names, owned by the training team): it lists "
-                   "<name>.pt stems with its own glob, so a non-UTF-8 file name reaches the Train tab's dropdown as "
-                   "lone surrogates; Gradio's JSON encoder raises, the Refresh never completes, and with such a file "
-                   "present at start-up the page's config cannot be served")
 def test_train_tab_embedding_list_is_json_safe(ui):
     from ui.tab_train import embedding_names
 

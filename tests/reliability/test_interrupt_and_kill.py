@@ -86,9 +86,6 @@ def test_after_kill_9_training_resumes_and_reaches_max_steps(kill_trials):
     assert kit.embedding_step(workdir / "embeddings" / f"{NAME}.pt") == target
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (ti/train/loop.py, owned by the training team): save_every writes only the "
-                   "log-folder copy; embeddings/<name>.pt (what a new run resumes from) is written only when a run "
-                   "ends, so a kill -9 loses every step of the run, not at most one save interval")
 def test_kill_9_loses_at_most_one_save_interval(kill_trials):
     _, trials, _, _, _, _ = kill_trials
     for trial in trials:

@@ -96,9 +96,6 @@ def test_ui_train_tab_refuses_a_path_as_the_embedding_name(ui):
     assert not ui.services.jobs.snapshot().running
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (ui/tab_train.py / ui/train_form.py, owned by the training team): the "
-                   "Train tab's free-text Log directory is used as typed, so a page (or an API client of a --listen "
-                   "server) can make training write <any folder>/<date>/<name>/… outside --log-dir")
 def test_ui_train_tab_keeps_the_log_folder_inside_the_configured_one(ui, tmp_path):
     from ti.create import create_embedding
 

@@ -225,6 +225,8 @@ def run_training(model: LoadedModel, config: TrainConfig, target: TrainingTarget
                     if want_copy:
                         target.save_copy(snapshot, log_dir, optimizer, config.seed,
                                          grad_scaler.state_dict() if grad_scaler else None)
+                        # The main file too: a killed run resumes from here, losing at most one interval.
+                        target.save_final(step, optimizer, config.seed, grad_scaler.state_dict() if grad_scaler else None)
                     if want_preview:
                         hooks.status(f"preview at step {step}")
                         with _modules_on(offloaded, model.device):

@@ -14,7 +14,7 @@ import importlib
 
 import gradio as gr
 
-# (tab label, module, builder) in page order; modules that don't exist yet are left out.
+# (tab label, module, builder) in page order.
 TABS = [
     ("txt2img", "ui.tab_txt2img", "build_txt2img_tab"),
     ("Create embedding", "ui.tab_create", "build_create_tab"),
@@ -31,12 +31,7 @@ def build_app(services) -> gr.Blocks:
         gr.Markdown("# ti-studio\nTextual inversion and hypernetworks for Stable Diffusion.")
         build_model_bar(services)
         for label, module_name, builder_name in TABS:
-            try:
-                module = importlib.import_module(module_name)
-            except ModuleNotFoundError as exc:
-                if exc.name == module_name:
-                    continue
-                raise
+            module = importlib.import_module(module_name)
             with gr.Tab(label):
                 getattr(module, builder_name)(services)
     return app

@@ -51,13 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"ti.cli.{module_name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"ti.cli.{module_name}":
-                continue  # a command not built yet
-            raise
-        module.register(subparsers)
+        importlib.import_module(f"ti.cli.{module_name}").register(subparsers)
     return parser
 
 

@@ -105,11 +105,10 @@ def load_start_embedding(path: Path, expected_width: int) -> Embedding:
     return embedding
 
 
-def load_resume_state(path: Path, embedding: Embedding) -> ResumeState:
-    """The optimizer state saved beside `path`, if it belongs to exactly these vectors and step."""
-    side_file = optimizer_path(path)
+def _read_optimizer_side_file(side_file: Path, step: int | None) -> tuple[dict, dict] | ResumeState:
+    """The .optim file as (saved dict, our ti_state), or a ResumeState saying why training starts fresh."""
     if not side_file.is_file():
-        note = None if not embedding.step else f"{side_file.name} not found: the optimizer state starts fresh"
+        note = None if not step else f"{side_file.name} not found: the optimizer state starts fresh"
         return ResumeState(None, None, None, note)
     try:
         saved = load_torch_file(side_file, kind=_OPTIMIZER_FILE_KIND)
@@ -118,6 +117,16 @@ def load_resume_state(path: Path, embedding: Embedding) -> ResumeState:
     if not isinstance(saved, dict) or not isinstance(saved.get("optimizer_state_dict"), dict):
         return ResumeState(None, None, None, f"{side_file.name} holds no optimizer state; it starts fresh")
     ti_state = saved.get("ti_state") if isinstance(saved.get("ti_state"), dict) else {}
+    return saved, ti_state
+
+
+def load_resume_state(path: Path, embedding: Embedding) -> ResumeState:
+    """The optimizer state saved beside `path`, if it belongs to exactly these vectors and step."""
+    side_file = optimizer_path(path)
+    read = _read_optimizer_side_file(side_file, embedding.step)
+    if isinstance(read, ResumeState):
+        return read
+    saved, ti_state = read
     if saved.get("hash") != a1111_checksum(embedding.vectors):
         return ResumeState(None, None, None, f"{side_file.name} was saved for other vectors (checksum "
                                              f"{saved.get('hash')}, file has {a1111_checksum(embedding.vectors)}); "
@@ -154,15 +163,10 @@ def load_hypernetwork_resume_state(path: Path, hypernetwork: Hypernetwork) -> Re
     """The optimizer state saved beside `path`, if it was saved for exactly this file (its
     sha256's first 10 hex digits) and step, by AdamW. `hypernetwork` is the file as loaded."""
     side_file = optimizer_path(path)
-    if not side_file.is_file():
-        note = None if not hypernetwork.step else f"{side_file.name} not found: the optimizer state starts fresh"
-        return ResumeState(None, None, None, note)
-    try:
-        saved = load_torch_file(side_file, kind=_OPTIMIZER_FILE_KIND)
-    except BadEmbeddingFile as error:
-        return ResumeState(None, None, None, f"{error}; the optimizer state starts fresh")
-    if not isinstance(saved, dict) or not isinstance(saved.get("optimizer_state_dict"), dict):
-        return ResumeState(None, None, None, f"{side_file.name} holds no optimizer state; it starts fresh")
+    read = _read_optimizer_side_file(side_file, hypernetwork.step)
+    if isinstance(read, ResumeState):
+        return read
+    saved, ti_state = read
     optimizer_name = saved.get("optimizer_name", HYPERNETWORK_OPTIMIZER_NAME)
     if optimizer_name != HYPERNETWORK_OPTIMIZER_NAME:
         return ResumeState(None, None, None, f"{side_file.name} is the state of {optimizer_name}; we train with "
@@ -171,7 +175,6 @@ def load_hypernetwork_resume_state(path: Path, hypernetwork: Hypernetwork) -> Re
     if saved.get("hash") != file_hash:
         return ResumeState(None, None, None, f"{side_file.name} was saved for another file (hash {saved.get('hash')}, "
                                              f"{Path(path).name} has {file_hash}); the optimizer state starts fresh")
-    ti_state = saved.get("ti_state") if isinstance(saved.get("ti_state"), dict) else {}
     if "step" in ti_state and ti_state["step"] != hypernetwork.step:
         return ResumeState(None, None, None, f"{side_file.name} was saved at step {ti_state['step']}, the "
                                              f"hypernetwork is at step {hypernetwork.step}; the optimizer state starts fresh")

@@ -36,3 +36,27 @@ def tiny_pipe_768():
     from ti.demo import build_demo_pipeline
 
     return build_demo_pipeline(text_width=768)
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium (Debian's, driven by playwright) for every browser test in the run:
+    playwright's sync API can run only one instance per process."""
+    import os as _os
+
+    if not _os.path.exists(CHROMIUM):
+        pytest.fail("Debian chromium is not installed (.ci/run installs it: apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+        )
+        yield browser
+        browser.close()

@@ -1,5 +1,7 @@
 """The txt2img tab in a real browser: an embedding dropped in while the app runs is used by name."""
 
+import datetime as dt
+
 import torch
 
 from ti.embedding import Embedding
@@ -40,5 +42,7 @@ def test_generate_with_embedding_dropped_in_while_running(page, studio):
     assert "Seed: 1234" in infotext and "Size: 64x64" in infotext and "Steps: 2" in infotext
     assert "browseremb: " in infotext
     assert "browseremb" in page.locator("#txt2img_used_embeddings").inner_text()
-    saved = list((folders["outputs"] / "txt2img-images").rglob("*.png"))
-    assert len(saved) == 1 and saved[0].name == "00000-1234.png"
+    # Other browser tests share this app and its outputs folder: look for this picture's seed.
+    saved = list((folders["outputs"] / "txt2img-images").rglob("*-1234.png"))
+    assert len(saved) == 1
+    assert saved[0].name[:5].isdigit() and saved[0].parent.name == dt.date.today().isoformat()

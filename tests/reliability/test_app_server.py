@@ -24,7 +24,6 @@ from PIL import Image
 
 import reliability_kit as kit
 
-CHROMIUM = "/usr/bin/chromium"
 USER, PASSWORD = "alice", "correct horse"
 
 
@@ -171,11 +170,7 @@ def pixels(path: Path) -> np.ndarray:
 
 
 @pytest.mark.browser
-def test_two_tabs_generate_while_training_after_hostile_files_dropped_in(auth_studio, tmp_path):
-    from playwright.sync_api import sync_playwright
-
-    if not os.path.exists(CHROMIUM):
-        pytest.fail("Debian chromium is not installed (.ci/run installs it: apt-get install chromium)")
+def test_two_tabs_generate_while_training_after_hostile_files_dropped_in(auth_studio, browser, tmp_path):
     url, folders, _ = auth_studio
     marker = tmp_path / "MARKER-code-ran"
     # Dropped in while the app runs: hostile pickles, damaged files, a non-UTF-8 name; one good embedding.
@@ -192,10 +187,8 @@ def test_two_tabs_generate_while_training_after_hostile_files_dropped_in(auth_st
     (folders["embeddings"] / "tok.pt").write_bytes(kit.good_pt(32, name="tok"))
     data = kit.write_dataset(tmp_path / "data")
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking", "--disable-sync"])
-        context = browser.new_context(viewport={"width": 1400, "height": 1800})
+    context = browser.new_context(viewport={"width": 1400, "height": 1800})
+    try:
         context.set_default_timeout(60_000)
         assert context.request.post(url + "login", form={"username": USER, "password": PASSWORD}).ok
         generating, training = context.new_page(), context.new_page()
@@ -244,8 +237,8 @@ def test_two_tabs_generate_while_training_after_hostile_files_dropped_in(auth_st
         training.wait_for_function(f"document.querySelector('#train_status').innerText.includes('finished at step {stopped_at + 2}')",
                                    timeout=120_000)
         assert kit.embedding_step(folders["embeddings"] / "tok.pt") == stopped_at + 2
+    finally:
         context.close()
-        browser.close()
     assert not marker.exists(), "code from a hostile file ran"
     corrupt, _ = kit.check_saved_files(folders["embeddings"] / "never", folders["logs"])
     assert corrupt == []

@@ -46,6 +46,7 @@ def ours(model: LoadedModel, size: int, steps: int, seed: int, embeddings: dict,
 
 
 def bench(label: str, model: LoadedModel, size: int, steps: int, rounds: int) -> list[dict]:
+    model.pipe.set_progress_bar_config(disable=True)
     width = model.text_width
     embeddings = {"benchemb": Embedding(name="benchemb", vectors=torch.randn(4, width) * 0.01, sha256="0" * 64)}
     folder = Path(tempfile.mkdtemp(prefix="ti-gen-bench-"))

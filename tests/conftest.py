@@ -6,6 +6,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+import contextlib  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import urllib.request  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -60,3 +66,58 @@ def browser():
         )
         yield browser
         browser.close()
+
+
+APP_FOLDERS = ("embeddings", "models", "hypernetworks", "outputs", "logs", "data")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_app(root: Path, *extra_args: str):
+    """app.py (demo model) on a free port with its folders under root; yields (url, folders, port).
+
+    The app's output goes to root/app.log, quoted when it fails to start; it is stopped on exit.
+    """
+    folders = {name: root / name for name in APP_FOLDERS}
+    for folder in folders.values():
+        folder.mkdir(exist_ok=True)
+    port = free_port()
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    log_path = root / "app.log"
+    with open(log_path, "w") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, str(REPO_ROOT / "app.py"), "--port", str(port), "--model", "demo", *extra_args,
+             "--embeddings-dir", str(folders["embeddings"]), "--models-dir", str(folders["models"]),
+             "--hypernetwork-dir", str(folders["hypernetworks"]), "--outputs-dir", str(folders["outputs"]),
+             "--log-dir", str(folders["logs"])],
+            cwd=REPO_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 120
+    try:
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                if process.poll() is not None or time.time() > deadline:
+                    pytest.fail(f"app did not start:\n{log_path.read_text()[-3000:]}")
+                time.sleep(0.3)
+        yield url, folders, port
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.fixture(scope="session")
+def app_launcher():
+    """running_app, for fixtures in any test folder (conftest functions are not importable)."""
+    return running_app

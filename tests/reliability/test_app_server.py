@@ -8,8 +8,6 @@ import argparse
 import importlib.util
 import os
 import re
-import socket
-import subprocess
 import sys
 import time
 import urllib.error
@@ -34,12 +32,6 @@ def load_app_module():
     return module
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_server_options_loopback_unless_listen():
     app = load_app_module()
     assert app.server_options(app.parse_args([])) == {"server_name": "127.0.0.1", "server_port": 7860, "auth": None}
@@ -51,38 +43,10 @@ def test_server_options_loopback_unless_listen():
 
 
 @pytest.fixture(scope="module")
-def auth_studio(tmp_path_factory):
+def auth_studio(tmp_path_factory, app_launcher):
     """app.py with --gradio-auth on a free port; yields (url, folders, port)."""
-    root = tmp_path_factory.mktemp("auth-studio")
-    folders = {name: root / name for name in ("embeddings", "models", "hypernetworks", "outputs", "logs")}
-    for folder in folders.values():
-        folder.mkdir()
-    port = free_port()
-    log_path = root / "app.log"
-    with open(log_path, "w") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, str(kit.REPO_ROOT / "app.py"), "--port", str(port), "--model", "demo",
-             "--gradio-auth", f"{USER}:{PASSWORD}", "--embeddings-dir", str(folders["embeddings"]),
-             "--models-dir", str(folders["models"]), "--hypernetwork-dir", str(folders["hypernetworks"]),
-             "--outputs-dir", str(folders["outputs"]), "--log-dir", str(folders["logs"])],
-            cwd=kit.REPO_ROOT, env=kit.cli_env(), stdout=log_file, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 120
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            if process.poll() is not None or time.time() > deadline:
-                process.kill()
-                pytest.fail(f"app did not start:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.3)
-    yield url, folders, port
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    with app_launcher(tmp_path_factory.mktemp("auth-studio"), "--gradio-auth", f"{USER}:{PASSWORD}") as running:
+        yield running
 
 
 def listening_addresses(port: int) -> set[str]:

@@ -14,7 +14,7 @@ import importlib
 import os
 import sys
 
-from ti.errors import TIError
+from ti.errors import ConfigError, TIError
 
 # Module names under ti/cli/, in the order they appear in --help.
 SUBCOMMAND_MODULES = [
@@ -26,6 +26,22 @@ SUBCOMMAND_MODULES = [
     "hypernetwork",
     "generate",
 ]
+
+
+def parse_size(text: str, allow_square: bool = False) -> tuple[int, int]:
+    """'512x768' -> (512, 768); with allow_square, '512' -> (512, 512).
+
+    Raises:
+        ConfigError("size"): anything else.
+    """
+    width, sep, height = text.strip().lower().partition("x")
+    if not sep and allow_square:
+        height = width
+    elif not sep:
+        width = ""
+    if not width.isdigit() or not height.isdigit():
+        raise ConfigError("size", f"expected WxH such as 512x512, got {text!r}")
+    return int(width), int(height)
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:

@@ -5,14 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ti.cli import parse_size
 from ti.errors import ConfigError
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    width, sep, height = text.lower().partition("x")
-    if not sep or not width.isdigit() or not height.isdigit():
-        raise ConfigError("size", f"expected WxH such as 512x512, got {text!r}")
-    return int(width), int(height)
 
 
 def register(subparsers) -> None:

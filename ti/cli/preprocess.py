@@ -13,22 +13,15 @@ import signal
 import sys
 from contextlib import contextmanager
 
+from ti.cli import parse_size as parse_wh
 from ti.errors import ConfigError
 
 _DEFAULTS = dict(size="512x512", split_threshold=0.5, split_overlap=0.2)
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """'512x768' -> (512, 768); '512' -> (512, 512).
-
-    Raises:
-        ConfigError: anything else (field "size").
-    """
-    width, sep, height = text.strip().lower().partition("x")
-    height = height if sep else width
-    if not width.isdigit() or not height.isdigit():
-        raise ConfigError("size", f"expected WxH such as 512x512, got {text!r}")
-    return int(width), int(height)
+    """'512x768' -> (512, 768); '512' -> (512, 512). Raises ConfigError("size")."""
+    return parse_wh(text, allow_square=True)
 
 
 def register(subparsers) -> None:

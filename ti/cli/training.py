@@ -60,7 +60,7 @@ def config_from_args(args: argparse.Namespace, config_class=None):
     Raises:
         ConfigError: naming the field.
     """
-    from ti.cli.generate import parse_size
+    from ti.cli import parse_size
     from ti.train import TrainConfig
 
     config_class = config_class or TrainConfig

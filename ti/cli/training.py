@@ -52,6 +52,13 @@ def add_training_flags(parser: argparse.ArgumentParser, lr_default: str, templat
     parser.add_argument("--filewords-join", default=" ")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--unload-vae", action="store_true", help=unload_help)
+    speed = parser.add_argument_group("speed and memory (benchmarks/train_speed.py measures them)")
+    speed.add_argument("--mixed-precision", choices=["auto", "no", "bf16", "fp16"], default="auto",
+                       help="frozen UNet/VAE/text encoder precision: auto = --precision's (float32 on a CPU, fp16 on "
+                            "CUDA); bf16 is about 2x faster on CPUs with avx512_bf16/AMX; the trained tensors stay float32")
+    speed.add_argument("--gradient-checkpointing", action="store_true", help="less memory, about a third slower")
+    speed.add_argument("--channels-last", action="store_true", help="UNet convolutions in channels-last layout")
+    speed.add_argument("--compile", action="store_true", help="torch.compile the UNet (slow start; for long runs)")
 
 
 def config_from_args(args: argparse.Namespace, config_class=None):
@@ -76,7 +83,8 @@ def config_from_args(args: argparse.Namespace, config_class=None):
         preview_width=preview_width, preview_height=preview_height, shuffle_tags=args.shuffle_tags,
         tag_dropout=args.tag_dropout, latent_sampling=args.latent_sampling, alpha_weight=args.alpha_weight,
         flip=args.flip, filewords_regex=args.filewords_regex, filewords_join=args.filewords_join, seed=args.seed,
-        unload_vae=args.unload_vae,
+        unload_vae=args.unload_vae, mixed_precision=args.mixed_precision,
+        gradient_checkpointing=args.gradient_checkpointing, channels_last=args.channels_last, compile_unet=args.compile,
     )
 
 
@@ -103,20 +111,44 @@ class StopOnCtrlC:
         return False
 
 
+# --mixed-precision as a load precision: the CLI loads the weights so, rather than copying them.
+_LOAD_PRECISION = {"no": "full", "bf16": "bf16", "fp16": "half"}
+
+
 def run_training_command(args: argparse.Namespace, config, train: Callable, folder: Path) -> int:
     """Load the model, run train(model, config, folder, hooks) with a progress bar, print the result.
+
+    Under `accelerate launch` with several processes, each process loads the model on its own
+    device and trains its share (ti/train/parallel.py); only the main one prints and writes.
 
     Returns:
         the exit status: 1 when the run stopped on a NaN, else 0.
     """
-    from ti.cli.progress import ProgressBar
     from ti.config import ModelConfig
     from ti.pipeline import default_model_source, load_model
+    from ti.train.parallel import data_parallel_from_environment
+
+    parallel = data_parallel_from_environment(args.device)
+    precision = "full" if args.no_half else args.precision
+    if precision is None and config.mixed_precision != "auto":
+        precision = _LOAD_PRECISION[config.mixed_precision]
+    device = args.device or (str(parallel.device) if parallel.is_distributed else None)
+    model = load_model(ModelConfig(model=args.model or default_model_source(Path("models/Stable-diffusion")),
+                                   model_config=args.model_config, device=device, precision=precision))
+    if not parallel.is_main:
+        with StopOnCtrlC():  # the main process decides when to stop; all stop at the same step
+            result = train(model, config, folder, None, parallel)
+        return 1 if result.stop_reason == "nan" else 0
+    return _train_with_progress(model, config, train, folder, parallel)
+
+
+def _train_with_progress(model, config, train: Callable, folder: Path, parallel) -> int:
+    from ti.cli.progress import ProgressBar
     from ti.train import TrainHooks
 
-    precision = "full" if args.no_half else args.precision
-    model = load_model(ModelConfig(model=args.model or default_model_source(Path("models/Stable-diffusion")),
-                                   model_config=args.model_config, device=args.device, precision=precision))
+    if parallel.is_distributed:
+        print(f"training on {parallel.num_processes} processes ({model.device} here); batch size "
+              f"{config.batch_size} each", file=sys.stderr)
     if model.is_demo:
         print("note: training on the demo model (random weights); use --model for a real checkpoint", file=sys.stderr)
     with StopOnCtrlC() as stop, ProgressBar(f"training {config.name}") as bar:
@@ -136,7 +168,7 @@ def run_training_command(args: argparse.Namespace, config, train: Callable, fold
             print(f"\r\033[K{text}", end="" if text.startswith("encoded ") else "\n", file=sys.stderr, flush=True)
 
         hooks = TrainHooks(on_progress=show_progress, should_stop=lambda: stop.requested, on_status=show_status)
-        result = train(model, config, folder, hooks)
+        result = train(model, config, folder, hooks, parallel)
     for skipped in result.skipped_images:
         print(f"skipped {skipped.path}: {skipped.reason}", file=sys.stderr)
     for note in result.notes:

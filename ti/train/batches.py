@@ -116,15 +116,17 @@ class TrainingBatches:
         filewords = apply_tag_operations(sample.caption, self.shuffle_tags, self.tag_dropout, rng)
         return render_prompt(line, self.name, filewords)
 
-    def micro_batch(self, step: int, micro_index: int) -> MicroBatch:
-        """Prompts, latents, noise and timesteps of one micro-batch.
+    def micro_batch(self, step: int, micro_index: int, positions: slice | None = None) -> MicroBatch:
+        """Prompts, latents, noise and timesteps of one micro-batch, or of the positions of it one
+        process of a data-parallel run computes (parallel.py).
 
         Sample i of micro-batch j is sample j·batch_size + i of the step's global batch; its
         draws come from (seed, step, j, j·batch_size + i) whoever computes them.
         """
         prompts, latents, noises, timesteps, weights = [], [], [], [], []
-        for position, index in enumerate(self.sample_indices(step, micro_index)):
-            sample = self.samples[index]
+        indices = self.sample_indices(step, micro_index)
+        for position in range(len(indices))[positions or slice(None)]:
+            sample = self.samples[indices[position]]
             sample_index = micro_index * self.layout.batch_size + position
             generator = generator_for(derive_seed(self.seed, "sample", step, micro_index, sample_index))
             latent = sample.latent_for_use(generator)  # draws first, and only for "random"

@@ -27,6 +27,7 @@ from ti.templates import read_template, resolve_template
 from ti.train.dataset import list_image_files
 
 CLIP_GRAD_MODES = ("none", "value", "norm")
+MIXED_PRECISION_MODES = ("auto", "no", "bf16", "fp16")
 LATENT_SAMPLING_METHODS = ("once", "deterministic", "random")
 MAX_SIDE = 2048  # A1111's slider range for training width/height
 MAX_SEED = 2**63 - 1
@@ -83,6 +84,18 @@ class TrainConfig:
     filewords_join: str = option(" ", "What goes between the words filewords_regex found.")
     seed: int = option(0, "Fixes the batch order, noise, timesteps, template lines and tag shuffles.")
     unload_vae: bool = option(False, "Keep the VAE on the CPU while training (saves VRAM; back for previews).")
+    # Speed and memory (speed.py); none of them changes what is trained, only how fast and in how much memory.
+    mixed_precision: str = option("auto", "Precision of the frozen UNet, VAE and text encoder while training: auto "
+                                          "= as the model was loaded (float32 on a CPU, fp16 on CUDA); no = float32; "
+                                          "bf16 = bfloat16 (about 2x faster on CPUs with avx512_bf16/AMX and on "
+                                          "recent GPUs); fp16 = float16 with loss scaling (CUDA). The trained "
+                                          "tensors and the optimizer state stay float32.")
+    gradient_checkpointing: bool = option(False, "Recompute the UNet's activations during the backward pass: much "
+                                                 "less memory for large batches and images, about a third slower.")
+    channels_last: bool = option(False, "Run the UNet's convolutions in channels-last memory layout (faster on "
+                                        "some GPUs and CPUs; measure with benchmarks/train_speed.py).")
+    compile_unet: bool = option(False, "torch.compile the UNet: the first steps take minutes, later ones are "
+                                       "faster; for long runs.")
     extra: dict = field(default_factory=dict, metadata={"help": "free-form notes, saved in the settings JSON"})
 
 
@@ -149,6 +162,9 @@ class TrainConfig:
     def _check_choices(self) -> None:
         if self.clip_grad not in CLIP_GRAD_MODES:
             raise ConfigError("clip_grad", f"expected one of {', '.join(CLIP_GRAD_MODES)}, got {self.clip_grad!r}")
+        if self.mixed_precision not in MIXED_PRECISION_MODES:
+            raise ConfigError("mixed_precision",
+                              f"expected one of {', '.join(MIXED_PRECISION_MODES)}, got {self.mixed_precision!r}")
         if self.latent_sampling not in LATENT_SAMPLING_METHODS:
             raise ConfigError("latent_sampling",
                               f"expected one of {', '.join(LATENT_SAMPLING_METHODS)}, got {self.latent_sampling!r}")
@@ -239,6 +255,14 @@ class HypernetworkTrainConfig(TrainConfig):
     png_embedding: bool = option(False, "Not used for hypernetworks.")
     unload_vae: bool = option(False, "Keep the VAE and the text encoder on the CPU while training (saves VRAM; "
                                      "prompts are encoded there, each once; both come back for previews).")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.compile_unet:
+            # The hypernetwork's attention processors go on and off the shared UNet every step
+            # (so generation elsewhere never sees them): a compiled graph would recompile each time.
+            raise ConfigError("compile_unet", "is for embeddings; a hypernetwork run changes the UNet's attention "
+                                              "every step, which a compiled UNet would recompile for")
 
 
 def _require_int(name: str, value: object) -> None:

@@ -11,11 +11,13 @@
 What differs between an embedding and a hypernetwork (which tensors train, how prompts become
 conditioning, how the UNet forward is wrapped, where copies go, how a NaN is rolled back) is the
 target's (target.py, embedding_target.py, hypernetwork_target.py). The UNet, VAE and text
-encoder stay frozen throughout.
+encoder stay frozen throughout; the precision they run in and the UNet's speed options are the
+run model's (speed.py). Launched as several processes, each takes its share of every batch and
+the main process alone writes (parallel.py).
 
-    train_embedding(model, config, embeddings_dir, hooks) -> TrainResult
-    train_hypernetwork(model, config, hypernetwork_dir, hooks) -> TrainResult
-    run_training(model, config, target, hooks) -> TrainResult
+    train_embedding(model, config, embeddings_dir, hooks, parallel) -> TrainResult
+    train_hypernetwork(model, config, hypernetwork_dir, hooks, parallel) -> TrainResult
+    run_training(model, config, target, hooks, parallel) -> TrainResult
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ from ti.train.embedding_target import EmbeddingTarget
 from ti.train.hooks import STOP_FINISHED, STOP_INTERRUPTED, STOP_NAN, TrainHooks, TrainProgress, TrainResult
 from ti.train.latents import encode_images
 from ti.train.logdir import TrainLogDir
+from ti.train.parallel import SINGLE_PROCESS, DataParallel
+from ti.train.speed import model_for_training
 from ti.train.target import TrainingTarget
 
 log = logging.getLogger(__name__)
@@ -51,7 +55,7 @@ _TIMING_WINDOW = 20  # steps averaged for seconds_per_step
 
 
 def train_embedding(model: LoadedModel, config: TrainConfig, embeddings_dir: Path,
-                    hooks: TrainHooks | None = None) -> TrainResult:
+                    hooks: TrainHooks | None = None, parallel: DataParallel = SINGLE_PROCESS) -> TrainResult:
     """Train embeddings_dir/<config.name>.pt on config.data_dir; resumes from the step it holds.
 
     Returns:
@@ -62,11 +66,12 @@ def train_embedding(model: LoadedModel, config: TrainConfig, embeddings_dir: Pat
         TrainingError: no such embedding, wrong width, no usable image, an inpainting model.
         Any other exception ends the run after saving the vectors of the last completed step.
     """
-    return run_training(model, config, EmbeddingTarget(model, config, embeddings_dir), hooks)
+    with model_for_training(model, config) as run_model:
+        return run_training(run_model, config, EmbeddingTarget(run_model, config, embeddings_dir), hooks, parallel)
 
 
 def train_hypernetwork(model: LoadedModel, config: TrainConfig, hypernetwork_dir: Path,
-                       hooks: TrainHooks | None = None) -> TrainResult:
+                       hooks: TrainHooks | None = None, parallel: DataParallel = SINGLE_PROCESS) -> TrainResult:
     """Train hypernetwork_dir/<config.name>.pt on config.data_dir; resumes from the step it holds.
 
     Use HypernetworkTrainConfig for A1111's hypernetwork defaults (learning rate 0.00001,
@@ -83,13 +88,19 @@ def train_hypernetwork(model: LoadedModel, config: TrainConfig, hypernetwork_dir
     """
     from ti.train.hypernetwork_target import HypernetworkTarget
 
-    return run_training(model, config, HypernetworkTarget(model, config, hypernetwork_dir), hooks)
+    with model_for_training(model, config) as run_model:
+        return run_training(run_model, config, HypernetworkTarget(run_model, config, hypernetwork_dir), hooks,
+                            parallel)
 
 
 def run_training(model: LoadedModel, config: TrainConfig, target: TrainingTarget,
-                 hooks: TrainHooks | None = None) -> TrainResult:
-    """The loop itself, over any TrainingTarget (see train_embedding for what it returns and raises)."""
+                 hooks: TrainHooks | None = None, parallel: DataParallel = SINGLE_PROCESS) -> TrainResult:
+    """The loop itself, over any TrainingTarget (see train_embedding for what it returns and raises).
+
+    With several processes (parallel), config.batch_size is each process's share of a micro-batch.
+    """
     hooks = hooks or TrainHooks()
+    writes = parallel.is_main  # only the main process writes files
     started = dt.datetime.now()
     pipe = model.pipe
 
@@ -97,6 +108,7 @@ def run_training(model: LoadedModel, config: TrainConfig, target: TrainingTarget
     #    value_at(step) is the same whether or not this run is a resume).
     final_path = target.path
     start_step = step = target.start_step
+    parallel.same_everywhere(start_step, f"the step {final_path} holds")
     lr_segments = parse_schedule(config.learning_rate, config.max_steps, what="learning rate")
     end_step = schedule_end(lr_segments)
     if step >= end_step:
@@ -126,8 +138,12 @@ def run_training(model: LoadedModel, config: TrainConfig, target: TrainingTarget
         if not samples:
             reasons = "; ".join(f"{s.path.name}: {s.reason}" for s in skipped[:5])
             raise TrainingError(f"{config.data_dir}: no usable training image" + (f" ({reasons})" if reasons else ""))
-        layout = BatchLayout.for_dataset(len(samples), config.batch_size, config.grad_accum)
-        notes = _layout_notes(config, layout, len(samples))
+        layout = BatchLayout.for_dataset(len(samples), config.batch_size * parallel.num_processes, config.grad_accum)
+        if layout.batch_size % parallel.num_processes:
+            raise TrainingError(f"{config.data_dir}: {len(samples)} training samples are fewer than batch size "
+                                f"{config.batch_size} × {parallel.num_processes} processes; lower the batch size")
+        my_share = parallel.share(layout.batch_size)
+        notes = _layout_notes(config, layout, len(samples), parallel.num_processes)
         noise_scheduler = _noise_scheduler(pipe)
         batches = TrainingBatches(samples, layout, template_lines, config.name, config.seed, config.shuffle_tags,
                                   config.tag_dropout, noise_scheduler.config.num_train_timesteps)
@@ -139,15 +155,17 @@ def run_training(model: LoadedModel, config: TrainConfig, target: TrainingTarget
         # fp16 gradients underflow without loss scaling (bf16 and fp32 have the range to spare).
         grad_scaler = torch.amp.GradScaler(model.device.type) if model.dtype == torch.float16 else None
         resume = target.resume(optimizer, grad_scaler)
+        parallel.copy_from_main(parameters)  # identical on every process from the first step
         if resume.note:
             notes.append(resume.note)
         if resume.seed is not None and resume.seed != config.seed:
             notes.append(f"the previous run used seed {resume.seed}, this one {config.seed}: not an exact continuation")
 
         # 4. The log folder, with the settings this run used.
-        log_dir = TrainLogDir.for_run(Path(config.log_dir), config.name, started, target.loss_csv_name)
-        settings = _settings(config, model, layout, samples, skipped, start_step, end_step)
-        log_dir.write_settings({**settings, **target.settings()}, started)
+        log_dir = TrainLogDir.for_run(Path(config.log_dir), config.name, started, target.loss_csv_name) if writes else None
+        if writes:
+            settings = _settings(config, model, layout, samples, skipped, start_step, end_step, parallel)
+            log_dir.write_settings({**settings, **target.settings()}, started)
 
         # 5. Steps. The state (parameters, optimizer, step) only changes at the optimizer step,
         #    so at every check below it is consistent and can be saved as is.
@@ -165,7 +183,7 @@ def run_training(model: LoadedModel, config: TrainConfig, target: TrainingTarget
                 learning_rate = value_at(lr_segments, step)
                 if learning_rate is None:
                     break
-                if hooks.stop_requested():
+                if parallel.main_decides(hooks.stop_requested()):
                     stop_reason = STOP_INTERRUPTED
                     break
                 step_started = time.perf_counter()
@@ -178,7 +196,7 @@ def run_training(model: LoadedModel, config: TrainConfig, target: TrainingTarget
                 step_loss, first_prompt, bad_loss = 0.0, "", None
                 with target.step_context(step):
                     for micro_index in range(layout.grad_accum):
-                        batch = batches.micro_batch(step, micro_index)
+                        batch = batches.micro_batch(step, micro_index, my_share)
                         first_prompt = first_prompt or batch.prompts[0]
                         conditioning = target.encode(batch.prompts)
                         loss = denoising_loss(pipe.unet, noise_scheduler, conditioning, batch, model.dtype)
@@ -190,8 +208,15 @@ def run_training(model: LoadedModel, config: TrainConfig, target: TrainingTarget
                         (grad_scaler.scale(scaled) if grad_scaler else scaled).backward()
                         step_loss += loss_value / layout.grad_accum
 
-                # 5c. Clip and update. A non-finite gradient stops the run like a NaN loss (with
-                #     fp16 the GradScaler skips such steps itself, as A1111's does).
+                # 5c. Agree across processes (loss, NaN anywhere, the mean gradient), clip and
+                #     update. A non-finite gradient stops the run like a NaN loss (with fp16 the
+                #     GradScaler skips such steps itself, as A1111's does).
+                if parallel.is_distributed:
+                    step_loss, bad_anywhere = parallel.mean([step_loss, 0.0 if bad_loss is None else 1.0])
+                    if bad_anywhere and bad_loss is None:
+                        bad_loss = f"the loss became NaN/inf at step {step + 1} in another training process"
+                    if bad_loss is None:
+                        parallel.mean_gradients(parameters)
                 if bad_loss is None:
                     target.check_gradients(step, first_prompt)
                     if grad_scaler is not None:
@@ -217,9 +242,10 @@ def run_training(model: LoadedModel, config: TrainConfig, target: TrainingTarget
                 # 5d. Record, then save and preview on their intervals (file names = step inside).
                 epoch, epoch_index = layout.epoch_of(step - 1)
                 loss_history.append((step, step_loss))
-                log_dir.append_loss(step, epoch, epoch_index + 1, step_loss, learning_rate)
-                want_copy = config.save_every and step % config.save_every == 0
-                want_preview = config.preview_every and step % config.preview_every == 0
+                if writes:
+                    log_dir.append_loss(step, epoch, epoch_index + 1, step_loss, learning_rate)
+                want_copy = writes and config.save_every and step % config.save_every == 0
+                want_preview = writes and config.preview_every and step % config.preview_every == 0
                 if want_copy or want_preview:
                     snapshot = target.snapshot(step)
                     if want_copy:
@@ -239,7 +265,7 @@ def run_training(model: LoadedModel, config: TrainConfig, target: TrainingTarget
         except BaseException:
             # An error (out of memory in a preview, a full disk, Ctrl-C outside the CLI's handler)
             # must not cost the steps done: save them, then let the error through.
-            if step > start_step:
+            if step > start_step and writes:
                 target.save_final(step, optimizer, config.seed, grad_scaler.state_dict() if grad_scaler else None)
                 log.error("training stopped by an error at step %d; saved %s", step, final_path)
             raise
@@ -248,7 +274,8 @@ def run_training(model: LoadedModel, config: TrainConfig, target: TrainingTarget
                 module.to(model.device)
 
     # 6. The final save: always <folder>/<name>.pt (and .optim), stamped with this model.
-    target.save_final(step, optimizer, config.seed, grad_scaler.state_dict() if grad_scaler else None)
+    if writes:
+        target.save_final(step, optimizer, config.seed, grad_scaler.state_dict() if grad_scaler else None)
     if stop_reason == STOP_FINISHED:
         message = f"finished: {config.name} trained to step {step}, saved to {final_path}."
     elif stop_reason == STOP_INTERRUPTED:
@@ -256,7 +283,8 @@ def run_training(model: LoadedModel, config: TrainConfig, target: TrainingTarget
                    f"settings to continue from step {step}.")
     else:
         message = f"{message_detail} Saved to {final_path}."
-    return TrainResult(step=step, path=final_path, stop_reason=stop_reason, message=message, log_dir=log_dir.root,
+    return TrainResult(step=step, path=final_path, stop_reason=stop_reason, message=message,
+                       log_dir=log_dir.root if log_dir else None,
                        skipped_images=skipped, notes=notes, loss_history=loss_history, last_preview=last_preview,
                        start_step=start_step)
 
@@ -336,9 +364,12 @@ def _modules_on(modules: list[nn.Module], device: torch.device) -> Iterator[None
             module.to("cpu")
 
 
-def _layout_notes(config: TrainConfig, layout: BatchLayout, num_samples: int) -> list[str]:
+def _layout_notes(config: TrainConfig, layout: BatchLayout, num_samples: int, num_processes: int) -> list[str]:
     notes = []
-    if layout.batch_size != config.batch_size:
+    if num_processes > 1:
+        notes.append(f"{num_processes} processes, each with batch size {layout.batch_size // num_processes}: "
+                     f"{layout.batch_size} samples per micro-batch in all")
+    elif layout.batch_size != config.batch_size:
         notes.append(f"batch size {config.batch_size} is more than the {num_samples} samples; using {layout.batch_size}")
     if layout.grad_accum != config.grad_accum:
         notes.append(f"gradient accumulation {config.grad_accum} is more than the {layout.batches_per_epoch} batches "
@@ -347,7 +378,7 @@ def _layout_notes(config: TrainConfig, layout: BatchLayout, num_samples: int) ->
 
 
 def _settings(config: TrainConfig, model: LoadedModel, layout: BatchLayout, samples, skipped,
-              start_step: int, end_step: int) -> dict:
+              start_step: int, end_step: int, parallel: DataParallel) -> dict:
     """What settings-<datetime>.json records: every option, plus what the run made of them."""
     buckets: dict[str, int] = {}
     for sample in samples:
@@ -362,7 +393,9 @@ def _settings(config: TrainConfig, model: LoadedModel, layout: BatchLayout, samp
         "num_samples": len(samples),
         "buckets": buckets,
         "skipped_images": [{"path": str(item.path), "reason": item.reason} for item in skipped],
-        "effective_batch_size": layout.batch_size,
+        "effective_batch_size": layout.batch_size,  # per micro-batch, all processes together
+        "num_processes": parallel.num_processes,
+        "weights_dtype": str(model.dtype).removeprefix("torch."),
         "effective_grad_accum": layout.grad_accum,
         "steps_per_epoch": layout.steps_per_epoch,
         "start_step": start_step,

@@ -11,6 +11,8 @@ its own name.
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import gradio as gr
 import pandas as pd
 
@@ -19,7 +21,7 @@ from ti.templates import list_templates
 from ti.train import TrainHooks
 from ti.train.config import CLIP_GRAD_MODES, LATENT_SAMPLING_METHODS
 from ui.services import AppServices
-from ui.train_form import TrainForm, progress_text
+from ui.train_form import MIXED_PRECISION_CHOICES, MIXED_PRECISION_INFO, TrainForm, progress_text
 
 
 def loss_frame(history) -> pd.DataFrame:
@@ -63,7 +65,7 @@ def build_training_options(services: AppServices, form: TrainForm, prefix: str) 
             w["preview_steps"] = gr.Number(label="Preview steps", value=20, precision=0, elem_id=f"{prefix}preview_steps")
             w["preview_cfg"] = gr.Number(label="Preview CFG scale", value=7)
             w["preview_seed"] = gr.Number(label="Preview seed (-1 = random)", value=-1, precision=0)
-    with gr.Accordion("Captions, data and memory", open=False):
+    with gr.Accordion("Captions and data", open=False):
         with gr.Row():
             w["shuffle_tags"] = gr.Checkbox(label="Shuffle tags by ',' when creating prompts")
             w["tag_dropout"] = gr.Slider(label="Drop out tags when creating prompts", minimum=0, maximum=1,
@@ -76,6 +78,25 @@ def build_training_options(services: AppServices, form: TrainForm, prefix: str) 
             w["filewords_regex"] = gr.Textbox(label="Filename word regex")
             w["filewords_join"] = gr.Textbox(label="Filename join string", value=" ")
         w["seed"] = gr.Number(label="Seed (batches, noise, timesteps)", value=0, precision=0)
+    w.update(_build_speed_options(form, prefix))
+    return w
+
+
+def _build_speed_options(form: TrainForm, prefix: str) -> dict[str, gr.components.Component]:
+    """The "Speed and memory" accordion: options that change how fast and in how much memory a run
+    trains, never what it trains. Defaults are TrainConfig's."""
+    help_for = form.config_class.help_for
+    default = {spec.name: spec.default for spec in fields(form.config_class)}
+    w: dict[str, gr.components.Component] = {}
+    with gr.Accordion("Speed and memory", open=False, elem_id=f"{prefix}speed"):
+        w["mixed_precision"] = gr.Dropdown(label=form.label("mixed_precision"), choices=MIXED_PRECISION_CHOICES,
+                                           value=default["mixed_precision"], info=MIXED_PRECISION_INFO,
+                                           elem_id=f"{prefix}mixed_precision")
+        for name in ("gradient_checkpointing", "channels_last", "compile_unet"):
+            if name == "compile_unet" and not form.has_compile_unet:
+                continue
+            w[name] = gr.Checkbox(label=form.label(name), value=default[name], info=help_for(name),
+                                  elem_id=f"{prefix}{name}")
         w["unload_vae"] = gr.Checkbox(label=form.label("unload_vae"), elem_id=f"{prefix}unload")
     return w
 

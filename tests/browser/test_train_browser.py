@@ -1,5 +1,7 @@
 """Create an embedding, train it 3 steps in the browser, and see the preview and the loss plot."""
 
+import json
+
 from PIL import Image
 
 
@@ -32,6 +34,12 @@ def test_create_then_train_three_steps(page, studio):
     set_number(page, "#train_max_steps input", 3)
     set_number(page, "#train_preview_every input", 3)
     set_number(page, "#train_save_every input", 1)
+    page.get_by_text("Speed and memory").click()  # collapsed at first
+    assert page.locator("#train_mixed_precision input").input_value() == "auto (as loaded)"
+    page.locator("#train_mixed_precision input").click()
+    page.get_by_role("option", name="float32").click()  # the demo model's own precision: no copy
+    page.locator("#train_gradient_checkpointing input").check()
+    page.locator("#train_channels_last input").check()
     page.locator("#train_start").click()
 
     page.wait_for_function("document.querySelector('#train_status').innerText.includes('finished at step 3')",
@@ -43,3 +51,6 @@ def test_create_then_train_three_steps(page, studio):
     assert sorted(p.name for p in (run_dirs[0] / "embeddings").glob("*.pt")) == [
         "browser-style-1.pt", "browser-style-2.pt", "browser-style-3.pt"]
     assert (run_dirs[0] / "images" / "browser-style-3.png").is_file()
+    settings = json.loads(next(run_dirs[0].glob("settings-*.json")).read_text(encoding="utf-8"))
+    assert (settings["mixed_precision"], settings["gradient_checkpointing"], settings["channels_last"],
+            settings["compile_unet"]) == ("no", True, True, False)

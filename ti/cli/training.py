@@ -8,6 +8,7 @@ A second Ctrl-C stops at once (the steps done are still saved).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import signal
 import sys
@@ -126,9 +127,11 @@ def run_training_command(args: argparse.Namespace, config, train: Callable, fold
     """
     from ti.config import ModelConfig
     from ti.pipeline import default_model_source, load_model
-    from ti.train.parallel import data_parallel_from_environment
+    from ti.train.parallel import data_parallel_from_environment, launcher_mixed_precision
 
     parallel = data_parallel_from_environment(args.device)
+    if config.mixed_precision == "auto" and launcher_mixed_precision():
+        config = dataclasses.replace(config, mixed_precision=launcher_mixed_precision())
     precision = "full" if args.no_half else args.precision
     if precision is None and config.mixed_precision != "auto":
         precision = _LOAD_PRECISION[config.mixed_precision]

@@ -148,6 +148,14 @@ def launched_processes() -> int:
     return 1
 
 
+def launcher_mixed_precision() -> str | None:
+    """"bf16" or "fp16" when accelerate launch was told so (`--mixed_precision`, or its config
+    file); None otherwise. Its "no" is not taken as float32: that is accelerate's default, and
+    would quietly turn off half precision on GPUs."""
+    value = os.environ.get("ACCELERATE_MIXED_PRECISION", "").lower()
+    return value if value in ("bf16", "fp16") else None
+
+
 def data_parallel_from_environment(device: str | None = None) -> DataParallel:
     """SINGLE_PROCESS, or the accelerate state of a multi-process launch (which joins the process
     group: every process must call this). `device` is the --device flag: "cpu" (or no CUDA on this
@@ -156,7 +164,8 @@ def data_parallel_from_environment(device: str | None = None) -> DataParallel:
         return SINGLE_PROCESS
     from accelerate import PartialState
 
-    on_cpu = (device or "").startswith("cpu") or not torch.cuda.is_available()
+    on_cpu = ((device or "").startswith("cpu") or not torch.cuda.is_available()
+              or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"))
     state = PartialState(cpu=on_cpu)
     if state.num_processes <= 1:
         return SINGLE_PROCESS

@@ -147,3 +147,23 @@ def test_a_share_of_a_micro_batch_is_exactly_that_part_of_the_whole():
     assert halves[0].prompts + halves[1].prompts == whole.prompts
     for field in ("latents", "noise", "timesteps"):
         assert torch.equal(torch.cat([getattr(half, field) for half in halves]), getattr(whole, field)), field
+
+
+def test_accelerates_mixed_precision_flag_picks_half_precision_but_its_default_no_does_not(monkeypatch):
+    from ti.train.parallel import launcher_mixed_precision
+
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    assert launcher_mixed_precision() is None
+    for value, expected in (("bf16", "bf16"), ("FP16", "fp16"), ("no", None), ("fp8", None)):
+        monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", value)
+        assert launcher_mixed_precision() == expected
+
+
+def test_without_a_launcher_training_is_single_process(monkeypatch):
+    from ti.train.parallel import data_parallel_from_environment
+
+    for variable in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(variable, raising=False)
+    assert data_parallel_from_environment() is SINGLE_PROCESS
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert data_parallel_from_environment("cpu") is SINGLE_PROCESS

@@ -7,6 +7,10 @@ layer when it has a module pair for the context's width: in SD1, 768 is the text
 are self-attention; in SD2 the text is 1024. A hypernetwork whose widths match no layer (a
 768-only one on a 1024 model, or any SD1 one on the 32-wide demo) changes nothing; the report
 from apply_hypernetworks says so, so the UI can show it.
+
+The text context is the same at every denoising step and in every cross-attention layer, so
+in eval mode without gradients the chain's result for it is computed once per `with` block and
+reused (TextContextCache); self-attention contexts change every call and are always computed.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ti.errors import ConfigError
-from ti.hypernetwork.module import Hypernetwork
+from ti.hypernetwork.module import Hypernetwork, HypernetworkModule
 
 # `<hypernet:name>` or `<hypernet:name:strength>`; spaces around any part are allowed.
 _HYPERNET_TAG = re.compile(r"<\s*hypernet\s*:([^<>]*)>", re.IGNORECASE)
@@ -79,17 +83,140 @@ def chain_hypernetworks(hypernetworks: Sequence[tuple[Hypernetwork, float]],
     return key_input, value_input
 
 
+# Distinct text contexts one `with apply_hypernetworks` block remembers. txt2img passes one (the
+# negative and positive prompt in one batch); a pipeline that runs them separately passes two.
+TEXT_CONTEXT_CACHE_SIZE = 4
+# Integer dtypes of each element size: contexts are compared bit for bit through these views,
+# so -0.0 and 0.0 differ and a NaN equals itself, as they must for "the same input".
+_SAME_SIZE_INTEGER = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _same_bits(tensor: torch.Tensor, other: torch.Tensor) -> bool:
+    if tensor.shape != other.shape or tensor.dtype != other.dtype or tensor.device != other.device:
+        return False
+    as_integer = _SAME_SIZE_INTEGER.get(tensor.element_size())
+    if as_integer is None or tensor.is_complex() or tensor.dtype == torch.bool:
+        return False  # never seen for a text context; recomputing is always right
+    return torch.equal(tensor.view(as_integer), other.view(as_integer))
+
+
+def _chain_modules(hypernetworks: Sequence[tuple[Hypernetwork, float]], width: int) -> list[HypernetworkModule]:
+    """The key and value modules that chain_hypernetworks runs for contexts `width` wide, in order."""
+    return [module for hypernetwork, _ in hypernetworks for module in (hypernetwork.pair_for_width(width) or ())]
+
+
+def _weights_state(modules: Sequence[HypernetworkModule]) -> tuple:
+    """What a cached result depends on in the modules: each parameter and buffer (the object), a
+    view of its data (holding that memory keeps its address from going to a new tensor) and its
+    version counter, which every in-place write bumps (optimizer steps, load_state_dict, init)."""
+    return tuple((tensor, tensor.detach(), tensor._version)
+                 for module in modules for tensor in (*module.parameters(), *module.buffers()))
+
+
+def _version_of(tensor: torch.Tensor) -> int | None:
+    """The version counter, or None for an inference-mode tensor, which has none."""
+    return None if tensor.is_inference() else tensor._version
+
+
+def _same_weights(state: tuple, current: tuple) -> bool:
+    return len(state) == len(current) and all(
+        tensor is now_tensor and data.data_ptr() == now_data.data_ptr() and version == now_version
+        for (tensor, data, version), (now_tensor, now_data, now_version) in zip(state, current))
+
+
+@dataclass(eq=False)  # entries are told apart by identity (fields hold tensors)
+class _CachedChain:
+    context: torch.Tensor  # the context object it was computed for (held, so its identity stays unique)
+    context_version: int | None  # None: an inference tensor, recognised by its bits only
+    context_copy: torch.Tensor  # its bits then, for contexts that are equal but another object
+    strengths: tuple[str, ...]  # float.hex: exact, and tells -0.0 from 0.0
+    weights_state: tuple
+    key_input: torch.Tensor
+    value_input: torch.Tensor
+
+
+class TextContextCache:
+    """chain_hypernetworks for text contexts, computed once and reused while nothing it read has changed.
+
+    Why: cross-attention's context is the prompt's text encoding, the same at every denoising
+    step and in all 16 cross-attention layers of SD1, so without this the MLPs redo one result
+    steps × 16 times; for a [1, 2, 1] pair at 768 that is a third of a four-width hypernetwork's
+    arithmetic at 256 px.
+
+    A stored result is reused only when it is bit for bit what the chain would compute now:
+    - grad mode is off and every module of the chain is in eval mode (training, with dropout and
+      gradients, always recomputes);
+    - the context is the same object unchanged since (its version counter), or has the same
+      shape, dtype, device and bits;
+    - the same modules, with the same parameter tensors unchanged since, run at the same strengths.
+    Writes through `.data` bypass version counters and are not seen; nothing here writes weights
+    that way, and a cache lives for one apply_hypernetworks block only.
+    """
+
+    def __init__(self, size: int = TEXT_CONTEXT_CACHE_SIZE):
+        """Args:
+            size: how many results to keep (the least recently used goes first); at least 1.
+        Attributes:
+            hits, misses: calls answered from the cache, and calls that computed and stored.
+        """
+        if size < 1:
+            raise ValueError(f"a text context cache keeps at least 1 result, got size={size}")
+        self.size = size
+        self._entries: list[_CachedChain] = []  # least recently used first
+        self.hits = 0
+        self.misses = 0
+
+    def key_and_value_inputs(self, hypernetworks: Sequence[tuple[Hypernetwork, float]],
+                             context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """chain_hypernetworks(hypernetworks, context), from the cache when that gives the same bits."""
+        if torch.is_grad_enabled():
+            return chain_hypernetworks(hypernetworks, context)
+        modules = _chain_modules(hypernetworks, context.shape[-1])
+        if any(layer.training for module in modules for layer in module.modules()):
+            return chain_hypernetworks(hypernetworks, context)
+        strengths = tuple(float(strength).hex() for _, strength in hypernetworks)
+        weights_state = _weights_state(modules)
+        entry = self._find(context, strengths, weights_state)
+        if entry is not None:
+            self._entries.remove(entry)
+            self._entries.append(entry)
+            self.hits += 1
+            return entry.key_input, entry.value_input
+        self.misses += 1
+        key_input, value_input = chain_hypernetworks(hypernetworks, context)
+        self._entries.append(_CachedChain(context, _version_of(context), context.detach().clone(), strengths,
+                                          weights_state, key_input, value_input))
+        while len(self._entries) > self.size:
+            self._entries.pop(0)
+        return key_input, value_input
+
+    def _find(self, context: torch.Tensor, strengths: tuple[str, ...], weights_state: tuple) -> _CachedChain | None:
+        same_chain = [entry for entry in self._entries
+                      if entry.strengths == strengths and _same_weights(entry.weights_state, weights_state)]
+        version = _version_of(context)
+        for entry in same_chain:  # the usual case: the pipeline passes one tensor to every step
+            if entry.context is context and version is not None and entry.context_version == version:
+                return entry
+        for entry in same_chain:  # then by bits, last because on a GPU comparing waits for the GPU
+            if _same_bits(entry.context_copy, context):
+                return entry
+        return None
+
+
 class HypernetworkAttnProcessor:
     """diffusers' AttnProcessor2_0, line for line, with the hypernetworks applied to the inputs of to_k and to_v.
 
     The context they rewrite is what to_k would see: encoder_hidden_states (after norm_cross,
     when the layer has one) for cross-attention, hidden_states (after group_norm) for
     self-attention. q is untouched. With no module pair for the context width the math is
-    exactly AttnProcessor2_0's, bit for bit.
+    exactly AttnProcessor2_0's, bit for bit. With a text_context_cache, cross-attention takes the
+    chain's result from it (the same bits, computed once); self-attention always computes.
     """
 
-    def __init__(self, hypernetworks: Sequence[tuple[Hypernetwork, float]]):
+    def __init__(self, hypernetworks: Sequence[tuple[Hypernetwork, float]],
+                 text_context_cache: TextContextCache | None = None):
         self.hypernetworks = list(hypernetworks)
+        self.text_context_cache = text_context_cache
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None,
@@ -113,12 +240,16 @@ class HypernetworkAttnProcessor:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
 
         query = attn.to_q(hidden_states)
+        is_cross_attention = encoder_hidden_states is not None
         if encoder_hidden_states is None:
             encoder_hidden_states = hidden_states
         elif attn.norm_cross:
             encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
 
-        key_input, value_input = chain_hypernetworks(self.hypernetworks, encoder_hidden_states)
+        if is_cross_attention and self.text_context_cache is not None:
+            key_input, value_input = self.text_context_cache.key_and_value_inputs(self.hypernetworks, encoder_hidden_states)
+        else:
+            key_input, value_input = chain_hypernetworks(self.hypernetworks, encoder_hidden_states)
         key = attn.to_k(key_input)
         value = attn.to_v(value_input)
 
@@ -192,7 +323,8 @@ def _checked_pairs(hypernetworks: Sequence[tuple[Hypernetwork, float]]) -> list[
 
 
 @contextmanager
-def apply_hypernetworks(unet, hypernetworks: Sequence[tuple[Hypernetwork, float]]) -> Iterator[AppliedHypernetworks]:
+def apply_hypernetworks(unet, hypernetworks: Sequence[tuple[Hypernetwork, float]], *,
+                        cache_text_context: bool = True) -> Iterator[AppliedHypernetworks]:
     """Run `unet` with hypernetworks on its attention key/value inputs, inside the `with` block.
 
     Only attention layers where at least one hypernetwork has a pair for the layer's context
@@ -203,9 +335,15 @@ def apply_hypernetworks(unet, hypernetworks: Sequence[tuple[Hypernetwork, float]
     its dropout (training). The UNet instance is shared: do not run two generations with
     different hypernetworks on the same UNet at once.
 
+    In eval mode without gradients, the chain's result for a text context is computed once in
+    the block and reused by every cross-attention layer and step (TextContextCache: the same
+    bits, never stale); training always computes.
+
     Args:
         unet: a diffusers UNet2DConditionModel (any module whose attention is diffusers' Attention).
         hypernetworks: (Hypernetwork, strength) pairs; they chain in this order.
+        cache_text_context: False computes the chain in every cross-attention call, as for
+            self-attention (for comparisons: the results are the same).
     Yields:
         AppliedHypernetworks: which layers fire, and which hypernetworks fire nowhere.
     Raises:
@@ -221,6 +359,8 @@ def apply_hypernetworks(unet, hypernetworks: Sequence[tuple[Hypernetwork, float]
         for hypernetwork, _ in pairs:
             hypernetwork.to(device=parameter.device)
     replaced: list[tuple[object, object]] = []  # (attention module, its own processor)
+    # One cache for all layers: every cross-attention layer sees the same text context.
+    text_context_cache = TextContextCache() if cache_text_context else None
     try:
         for name, module in layers:
             firing = [(hypernetwork, strength) for hypernetwork, strength in pairs
@@ -228,7 +368,7 @@ def apply_hypernetworks(unet, hypernetworks: Sequence[tuple[Hypernetwork, float]
             if not firing:
                 continue
             replaced.append((module, module.processor))
-            module.set_processor(HypernetworkAttnProcessor(firing))
+            module.set_processor(HypernetworkAttnProcessor(firing, text_context_cache))
             report.layers[name] = [hypernetwork.name for hypernetwork, _ in firing]
         yield report
     finally:

@@ -93,7 +93,8 @@ class TrainConfig:
     gradient_checkpointing: bool = option(False, "Recompute the UNet's activations during the backward pass: much "
                                                  "less memory for large batches and images, about a third slower.")
     channels_last: bool = option(False, "Run the UNet's convolutions in channels-last memory layout (faster on "
-                                        "some GPUs and CPUs; measure with benchmarks/train_speed.py).")
+                                        "GPUs with tensor cores; on CPUs measured no faster and, in bf16, ~500 MiB "
+                                        "more memory; benchmarks/train_speed.py measures it).")
     compile_unet: bool = option(False, "torch.compile the UNet: the first steps take minutes, later ones are "
                                        "faster; for long runs.")
     extra: dict = field(default_factory=dict, metadata={"help": "free-form notes, saved in the settings JSON"})

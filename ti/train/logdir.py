@@ -21,8 +21,15 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ti.formats import write_file_atomically
+
+if TYPE_CHECKING:  # annotations only (the loop imports this module)
+    from ti.pipeline import LoadedModel
+    from ti.train.batches import BatchLayout
+    from ti.train.config import TrainConfig
+    from ti.train.parallel import DataParallel
 
 LOSS_CSV_NAME = "textual_inversion_loss.csv"
 HYPERNETWORK_LOSS_CSV_NAME = "hypernetwork_loss.csv"
@@ -91,3 +98,29 @@ def read_loss_csv(path: Path) -> list[dict[str, str]]:
     """The rows of a loss CSV as dicts (for tests and the UI's chart)."""
     with open(path, encoding="utf-8", newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+def run_settings(config: TrainConfig, model: LoadedModel, layout: BatchLayout, samples, skipped, start_step: int,
+                 end_step: int, parallel: DataParallel) -> dict:
+    """What settings-<datetime>.json records: every option, plus what the run made of them."""
+    buckets: dict[str, int] = {}
+    for sample in samples:
+        key = f"{sample.bucket[0]}x{sample.bucket[1]}"
+        buckets[key] = buckets.get(key, 0) + 1
+    return {
+        **config.to_dict(),
+        "template_path": str(config.template_path()),
+        "model_name": model.name,
+        "model_hash": model.short_hash,
+        "dataset_size": len({sample.source for sample in samples}),
+        "num_samples": len(samples),
+        "buckets": buckets,
+        "skipped_images": [{"path": str(item.path), "reason": item.reason} for item in skipped],
+        "effective_batch_size": layout.batch_size,  # per micro-batch, all processes together
+        "num_processes": parallel.num_processes,
+        "weights_dtype": str(model.dtype).removeprefix("torch."),
+        "effective_grad_accum": layout.grad_accum,
+        "steps_per_epoch": layout.steps_per_epoch,
+        "start_step": start_step,
+        "end_step": end_step,
+    }

@@ -44,7 +44,7 @@ from ti.train.dataset import iter_prepared_images, list_image_files
 from ti.train.embedding_target import EmbeddingTarget
 from ti.train.hooks import STOP_FINISHED, STOP_INTERRUPTED, STOP_NAN, TrainHooks, TrainProgress, TrainResult
 from ti.train.latents import encode_images
-from ti.train.logdir import TrainLogDir
+from ti.train.logdir import TrainLogDir, run_settings
 from ti.train.parallel import SINGLE_PROCESS, DataParallel
 from ti.train.speed import model_for_training
 from ti.train.target import TrainingTarget
@@ -164,7 +164,7 @@ def run_training(model: LoadedModel, config: TrainConfig, target: TrainingTarget
         # 4. The log folder, with the settings this run used.
         log_dir = TrainLogDir.for_run(Path(config.log_dir), config.name, started, target.loss_csv_name) if writes else None
         if writes:
-            settings = _settings(config, model, layout, samples, skipped, start_step, end_step, parallel)
+            settings = run_settings(config, model, layout, samples, skipped, start_step, end_step, parallel)
             log_dir.write_settings({**settings, **target.settings()}, started)
 
         # 5. Steps. The state (parameters, optimizer, step) only changes at the optimizer step,
@@ -375,29 +375,3 @@ def _layout_notes(config: TrainConfig, layout: BatchLayout, num_samples: int, nu
         notes.append(f"gradient accumulation {config.grad_accum} is more than the {layout.batches_per_epoch} batches "
                      f"of an epoch; using {layout.grad_accum}")
     return notes
-
-
-def _settings(config: TrainConfig, model: LoadedModel, layout: BatchLayout, samples, skipped,
-              start_step: int, end_step: int, parallel: DataParallel) -> dict:
-    """What settings-<datetime>.json records: every option, plus what the run made of them."""
-    buckets: dict[str, int] = {}
-    for sample in samples:
-        key = f"{sample.bucket[0]}x{sample.bucket[1]}"
-        buckets[key] = buckets.get(key, 0) + 1
-    return {
-        **config.to_dict(),
-        "template_path": str(config.template_path()),
-        "model_name": model.name,
-        "model_hash": model.short_hash,
-        "dataset_size": len({sample.source for sample in samples}),
-        "num_samples": len(samples),
-        "buckets": buckets,
-        "skipped_images": [{"path": str(item.path), "reason": item.reason} for item in skipped],
-        "effective_batch_size": layout.batch_size,  # per micro-batch, all processes together
-        "num_processes": parallel.num_processes,
-        "weights_dtype": str(model.dtype).removeprefix("torch."),
-        "effective_grad_accum": layout.grad_accum,
-        "steps_per_epoch": layout.steps_per_epoch,
-        "start_step": start_step,
-        "end_step": end_step,
-    }

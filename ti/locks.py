@@ -20,3 +20,10 @@ _GUARD = threading.Lock()
 def module_lock(module: nn.Module) -> threading.RLock:
     with _GUARD:
         return _LOCKS.setdefault(module, threading.RLock())
+
+
+def share_lock(alias: nn.Module, original: nn.Module) -> None:
+    """Give alias the lock of original: a shallow copy (a compiled UNet) shares its submodules,
+    so patching one patches the other, and both must be guarded by the same lock."""
+    with _GUARD:
+        _LOCKS[alias] = _LOCKS.setdefault(original, threading.RLock())

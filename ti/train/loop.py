@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from ti.errors import TrainingError
+from ti.locks import module_lock
 from ti.pipeline import LoadedModel
 from ti.schedule import ScheduleSegment, parse_schedule, schedule_end, value_at
 from ti.templates import read_template
@@ -194,7 +195,9 @@ def run_training(model: LoadedModel, config: TrainConfig, target: TrainingTarget
                 # 5b. Accumulate the step's micro-batches: prompts to conditioning (through the
                 #     target), noise, UNet (wrapped by the target), MSE; each loss / grad_accum.
                 step_loss, first_prompt, bad_loss = 0.0, "", None
-                with target.step_context(step):
+                # The UNet's lock for the step's passes: a generation in another tab sets its
+                # hypernetworks on the shared UNet under this lock, and must not reach our step.
+                with module_lock(pipe.unet), target.step_context(step):
                     for micro_index in range(layout.grad_accum):
                         batch = batches.micro_batch(step, micro_index, my_share)
                         first_prompt = first_prompt or batch.prompts[0]

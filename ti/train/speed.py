@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from ti.errors import TrainingError
+from ti.locks import share_lock
 from ti.pipeline import LoadedModel
 from ti.train.config import TrainConfig
 
@@ -103,6 +104,7 @@ def model_for_training(model: LoadedModel, config: TrainConfig) -> Iterator[Load
         if config.compile_unet:
             compiled = copy.copy(unet)  # shares weights and submodules; its forward alone is compiled
             compiled.compile()
+            share_lock(compiled, unet)  # hypernetworks set on the shared UNet's attention reach it too
             run_model = replace(run_model, pipe=_pipeline_with(run_model.pipe, unet=compiled))
         yield run_model
     finally:

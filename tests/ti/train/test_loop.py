@@ -2,6 +2,7 @@
 
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -251,3 +252,40 @@ def test_missing_embedding_is_a_clear_error(demo_model, dataset_dir, tmp_path, k
 def test_template_without_name_is_refused(demo_model, dataset_dir, embeddings_dir, kit):
     with pytest.raises(TrainingError, match=r"no line has \[name\]"):
         train_embedding(demo_model, kit.config(dataset_dir, template="hypernetwork.txt"), embeddings_dir)
+
+
+def test_a_hypernetwork_applied_by_another_thread_never_reaches_an_embedding_step(demo_model, dataset_dir, kit,
+                                                                                  tmp_path):
+    """A generation in another tab sets its hypernetwork on the shared UNet, under the UNet's
+    lock, for a while; the embedding run's steps wait for it and train exactly as without it."""
+    import threading
+
+    from ti.hypernetwork import Hypernetwork, HypernetworkStructure, apply_hypernetworks
+    from ti.hypernetwork.apply import attention_widths
+    from ti.locks import module_lock
+
+    unet = demo_model.pipe.unet
+    structure = HypernetworkStructure(weight_init="XavierNormal")
+    hypernetwork = Hypernetwork("strong", sorted(set(attention_widths(unet))), structure,
+                                generator=torch.Generator().manual_seed(3))
+    applied, threads = threading.Event(), []
+
+    def generation_in_another_tab():
+        with module_lock(unet), apply_hypernetworks(unet, [(hypernetwork, 5.0)]):
+            applied.set()
+            time.sleep(1.0)  # the length of a generation: steps meanwhile must not see it
+
+    def after_step(progress):
+        if progress.step == 1:
+            threads.append(threading.Thread(target=generation_in_another_tab))
+            threads[0].start()
+            assert applied.wait(10)  # the next step starts while the hypernetwork is on the UNet
+
+    folders = {}
+    for label, hooks in (("alone", TrainHooks()), ("beside a generation", TrainHooks(on_progress=after_step))):
+        folders[label] = tmp_path / label.replace(" ", "-")
+        folders[label].mkdir()
+        kit.make_embedding(folders[label])
+        train_embedding(demo_model, kit.config(dataset_dir, max_steps=3), folders[label], hooks)
+    threads[0].join()
+    assert torch.equal(_vectors(folders["alone"]), _vectors(folders["beside a generation"]))

@@ -45,12 +45,23 @@ class JobSnapshot:
     # Free-form extras a job reports (loss history, latest preview path…).
     details: dict = field(default_factory=dict)
 
+    # The first step reported and when: a resumed run starts at its saved step (5000, say), so
+    # the rate is (steps since then) / (time since then), never step / elapsed.
+    first_step: int | None = None
+    first_step_at: float = 0.0
+
     @property
     def eta_seconds(self) -> float | None:
-        if not self.running or self.step <= 0 or self.total <= 0:
+        """Seconds per step × steps left: the job's own measure (details["seconds_per_step"],
+        which the training loop averages over its last steps) or, without one, the rate since
+        the first step reported."""
+        if not self.running or self.total <= 0:
             return None
-        elapsed = time.time() - self.started_at
-        return elapsed / self.step * max(self.total - self.step, 0)
+        left = max(self.total - self.step, 0)
+        per_step = self.details.get("seconds_per_step")
+        if per_step is None and self.first_step is not None and self.step > self.first_step:
+            per_step = (time.time() - self.first_step_at) / (self.step - self.first_step)
+        return None if per_step is None else per_step * left
 
 
 class JobBusy(TIError):
@@ -103,8 +114,13 @@ class JobRunner:
             snap = self._snapshot
             merged = dict(snap.details)
             merged.update(details)
+            first_step, first_step_at = snap.first_step, snap.first_step_at
+            if step is not None and first_step is None:
+                first_step, first_step_at = step, time.time()
             self._snapshot = replace(
                 snap,
+                first_step=first_step,
+                first_step_at=first_step_at,
                 step=snap.step if step is None else step,
                 total=snap.total if total is None else total,
                 message=snap.message if message is None else message,

@@ -24,8 +24,25 @@ from ui.services import AppServices
 from ui.train_form import MIXED_PRECISION_CHOICES, MIXED_PRECISION_INFO, TrainForm, progress_text
 
 
+MAX_PLOT_POINTS = 500  # the page polls every second: a 100k-step run must not send 100k points each time
+
+
+def downsample_history(history, max_points: int = MAX_PLOT_POINTS) -> list[tuple[int, float]]:
+    """At most max_points (step, loss) pairs: consecutive steps averaged in equal buckets, each
+    shown at its last step, so the curve keeps its shape and ends at the latest step."""
+    history = list(history or [])
+    if len(history) <= max_points:
+        return history
+    bucket = -(-len(history) // max_points)  # ceil
+    points = []
+    for start in range(0, len(history), bucket):
+        part = history[start:start + bucket]
+        points.append((part[-1][0], sum(loss for _, loss in part) / len(part)))
+    return points
+
+
 def loss_frame(history) -> pd.DataFrame:
-    return pd.DataFrame(history or [], columns=["step", "loss"])
+    return pd.DataFrame(downsample_history(history), columns=["step", "loss"])
 
 
 def build_training_options(services: AppServices, form: TrainForm, prefix: str) -> dict[str, gr.components.Component]:
@@ -114,11 +131,13 @@ def training_work(train, model, config, folder):
     def work(progress):
         def report(p):
             progress.update(step=p.step, total=p.max_steps, loss=p.loss, learning_rate=p.learning_rate,
-                            loss_history=list(p.loss_history), preview=str(p.preview_path) if p.preview_path else None)
+                            # The loop only appends to its history: shared, not copied every step.
+                            seconds_per_step=p.seconds_per_step, loss_history=p.loss_history,
+                            preview=str(p.preview_path) if p.preview_path else None)
 
         hooks = TrainHooks(on_progress=report, should_stop=progress.should_stop,
                            on_status=lambda text: progress.update(message=text))
-        progress.update(step=0, total=config.max_steps)
+        progress.update(total=config.max_steps)  # no step yet: the first one reported may be a resume's 5001
         return train(model, config, folder, hooks)
 
     return work

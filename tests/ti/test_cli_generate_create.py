@@ -40,3 +40,10 @@ def test_generate_bad_size_is_one_line_exit_2(tmp_path):
     result = run_ti("generate", "x", "--model", "demo", "--size", "64by64", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip() == "error: size: expected WxH such as 512x512, got '64by64'"
+
+
+def test_generate_without_a_model_says_it_uses_the_demo_model(tmp_path):
+    result = run_ti("generate", "a tree", "--size", "64x64", "--steps", "1", "--out", str(tmp_path / "p.png"),
+                    cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "generating with the demo model" in result.stderr

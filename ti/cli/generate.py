@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ti.cli import parse_size
@@ -50,6 +51,9 @@ def run(args: argparse.Namespace) -> int:
     precision = "full" if args.no_half else args.precision
     model = load_model(ModelConfig(model=args.model or default_model_source(Path("models/Stable-diffusion")),
                                    model_config=args.model_config, device=args.device, precision=precision))
+    if model.is_demo:
+        print("note: generating with the demo model (random weights: noise pictures); put a checkpoint in "
+              "models/Stable-diffusion/ or use --model", file=sys.stderr)
     library = EmbeddingLibrary(Path(args.embeddings_dir), expected_width=model.text_width)
     snapshot = library.refresh()
     for skipped in snapshot.skipped:

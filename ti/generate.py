@@ -52,7 +52,10 @@ def resolve_seed(seed: int) -> int:
     return random.randrange(2**32) if seed == -1 else int(seed)
 
 
-def build_infotext(config: GenerateConfig, seed: int, model: LoadedModel, used: dict[str, Embedding]) -> str:
+def build_infotext(config: GenerateConfig, seed: int, model: LoadedModel, used: dict[str, Embedding],
+                   steps_done: int | None = None) -> str:
+    """A1111's infotext. steps_done < config.steps (an interrupted picture) adds
+    `Interrupted: at step K of N`, so the file never claims the full step count."""
     sampler, schedule = split_sampler_name(config.sampler)
     params: dict[str, object] = {
         "Steps": config.steps,
@@ -67,6 +70,8 @@ def build_infotext(config: GenerateConfig, seed: int, model: LoadedModel, used: 
     if used:
         params["TI hashes"] = format_ti_hashes({name: emb.shorthash or "" for name, emb in used.items()})
     params.update(config.extra_params)
+    if steps_done is not None and steps_done < config.steps:
+        params["Interrupted"] = f"at step {steps_done} of {config.steps}"
     params["Version"] = f"ti-studio {__version__}"
     return format_infotext(config.prompt, config.negative_prompt, params)
 
@@ -135,7 +140,11 @@ def txt2img(
             for g in generators
         ]).to(device=model.device, dtype=model.dtype)
 
+        steps_done = [0]  # denoising steps this batch really took (fewer when interrupted)
+
         def step_end(pipeline, step, timestep, kwargs, _base=batch_index * config.steps):
+            if not pipeline._interrupt:
+                steps_done[0] = step + 1
             if on_progress:
                 on_progress(_base + step + 1, total_steps)
             if should_stop and should_stop():
@@ -158,7 +167,8 @@ def txt2img(
                 callback_on_step_end=step_end,
             )
         for image, seed in zip(output.images, seeds):
-            result.images.append(GeneratedImage(image=image, seed=seed, infotext=build_infotext(config, seed, model, used)))
+            result.images.append(GeneratedImage(image=image, seed=seed,
+                                                infotext=build_infotext(config, seed, model, used, steps_done[0])))
         if should_stop and should_stop():
             result.interrupted = True
             break

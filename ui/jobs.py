@@ -127,10 +127,13 @@ class JobRunner:
                 details=merged,
             )
 
-    def stop(self) -> bool:
-        """Ask the running job to stop at its next step boundary; False if none runs."""
+    def stop(self, kind: str | None = None) -> bool:
+        """Ask the running job to stop at its next step boundary; False if none runs, or (given
+        kind) the one running is of another kind: the Train tab's Interrupt stops training only."""
         with self._lock:
             if not self._snapshot.running or self._stop is None:
+                return False
+            if kind is not None and self._snapshot.kind != kind:
                 return False
             self._stop.stop()
             return True
@@ -144,3 +147,43 @@ class JobRunner:
         if thread:
             thread.join(timeout)
         return self.snapshot()
+
+
+class SessionStops:
+    """Interrupt flags per browser session: Interrupt in one session stops the work that session
+    started and is running now, never another session's, nor work queued after it."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._running: dict[str, list[StopToken]] = {}
+
+    def start(self, session: str) -> StopToken:
+        token = StopToken()
+        with self._lock:
+            self._running.setdefault(session, []).append(token)
+        return token
+
+    def finish(self, session: str, token: StopToken) -> None:
+        with self._lock:
+            tokens = self._running.get(session, [])
+            if token in tokens:
+                tokens.remove(token)
+            if not tokens:
+                self._running.pop(session, None)
+
+    def stop(self, session: str) -> int:
+        """Stop the session's running work; how many runs were asked to stop."""
+        with self._lock:
+            tokens = list(self._running.get(session, []))
+        for token in tokens:
+            token.stop()
+        return len(tokens)
+
+    def running(self, session: str) -> int:
+        with self._lock:
+            return len(self._running.get(session, []))
+
+
+def session_of(request) -> str:
+    """The browser session of a Gradio request ("" without one, as in direct calls)."""
+    return str(getattr(request, "session_hash", None) or "")

@@ -106,8 +106,7 @@ def build_hypernetwork_tab(services: AppServices) -> dict[str, gr.components.Com
         return progress_text(services.jobs.snapshot(), JOB_KIND)
 
     def on_interrupt_hypernetwork():
-        if services.jobs.snapshot().kind == JOB_KIND:
-            services.jobs.stop()
+        services.jobs.stop(JOB_KIND)
 
     def on_hypernetwork_tick():
         return monitor_values(services.jobs.snapshot(), JOB_KIND)

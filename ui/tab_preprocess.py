@@ -114,8 +114,7 @@ def poll(services: AppServices):
 
 
 def interrupt(services: AppServices) -> str:
-    snap = services.jobs.snapshot()
-    if snap.kind == JOB_KIND and services.jobs.stop():
+    if services.jobs.stop(JOB_KIND):
         return "Stopping after the current picture…"
     return gr.skip()
 

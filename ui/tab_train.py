@@ -58,6 +58,9 @@ def build_train_tab(services: AppServices) -> dict[str, gr.components.Component]
 
     refresh.click(lambda: gr.update(choices=embedding_names(services)), outputs=[w["name"]])
     start.click(on_start, inputs=[w[n] for n in field_names], outputs=[status])
-    interrupt.click(lambda: services.jobs.stop())
+    def on_interrupt_training():
+        services.jobs.stop(EMBEDDING_FORM.job_kind)  # training only, never a preprocess run
+
+    interrupt.click(on_interrupt_training)
     timer.tick(on_tick, outputs=[status, plot, preview])
     return {**w, "start": start, "interrupt": interrupt, "status": status, "plot": plot, "preview": preview}

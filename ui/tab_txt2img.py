@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import threading
 
 import gradio as gr
 
@@ -13,6 +12,7 @@ from ti.generate import save_generated, txt2img, with_default_hypernetwork
 from ti.hypernetwork import parse_hypernet_tags
 from ti.samplers import sampler_names
 from ui.errors import user_error
+from ui.jobs import SessionStops, session_of
 from ui.services import AppServices
 
 
@@ -46,7 +46,7 @@ def embeddings_table(services: AppServices) -> str:
 
 
 def build_txt2img_tab(services: AppServices) -> dict[str, gr.components.Component]:
-    stop_event = threading.Event()
+    stops = SessionStops()  # Interrupt stops this browser session's generation only
     with gr.Row():
         with gr.Column(scale=3):
             prompt = gr.Textbox(label="Prompt", lines=3, elem_id="txt2img_prompt",
@@ -86,8 +86,10 @@ def build_txt2img_tab(services: AppServices) -> dict[str, gr.components.Componen
         return embeddings_table(services)
 
     def on_generate(prompt_text, negative_text, sampler_name, steps_value, cfg_value, seed_value, width_value,
-                    height_value, count_value, size_value, hypernetwork_name, progress=gr.Progress()):
-        stop_event.clear()
+                    height_value, count_value, size_value, hypernetwork_name, progress=gr.Progress(),
+                    request: gr.Request = None):
+        session = session_of(request)
+        stop = stops.start(session)
         try:
             default = None if hypernetwork_name in (None, "", "None") else hypernetwork_name
             config = GenerateConfig(
@@ -98,10 +100,12 @@ def build_txt2img_tab(services: AppServices) -> dict[str, gr.components.Componen
             snapshot = services.library.refresh()
             result = txt2img(services.model, snapshot.embeddings, config,
                              on_progress=lambda done, total: progress(done / total, desc="Generating"),
-                             should_stop=stop_event.is_set, hypernetworks=services.hypernetworks)
+                             should_stop=stop, hypernetworks=services.hypernetworks)
             save_generated(result, services.paths.outputs_dir)
         except Exception as exc:
             raise user_error(exc) from exc
+        finally:
+            stops.finish(session, stop)
         items = [(str(g.path), f"seed {g.seed}") for g in result.images]
         used_text = ""
         if result.used_embeddings:
@@ -123,5 +127,8 @@ def build_txt2img_tab(services: AppServices) -> dict[str, gr.components.Componen
         inputs=[prompt, negative, sampler, steps, cfg, seed, width, height, batch_count, batch_size, default_hn],
         outputs=[gallery, infotext, used, embeddings_md],
     )
-    interrupt.click(lambda: stop_event.set())
+    def on_interrupt_generation(request: gr.Request = None):
+        stops.stop(session_of(request))
+
+    interrupt.click(on_interrupt_generation)
     return {"prompt": prompt, "negative": negative, "generate": generate, "gallery": gallery, "infotext": infotext}

@@ -120,3 +120,14 @@ def test_concurrent_saves_get_distinct_numbers(demo_model, tmp_path):
         thread.join()
     names = sorted(p.name[:5] for p in (tmp_path / "txt2img-images" / "2026-01-03").glob("*.png"))
     assert names == [f"{i:05d}" for i in range(8)]
+
+
+def test_an_interrupted_picture_says_so_in_its_infotext(demo_model):
+    calls = []
+    result = txt2img(demo_model, {}, small(steps=5), on_progress=lambda d, t: calls.append(d),
+                     should_stop=lambda: len(calls) >= 2)
+    assert result.interrupted and calls == [1, 2]
+    [interrupted] = result.images
+    assert "Steps: 5," in interrupted.infotext and "Interrupted: at step 2 of 5" in interrupted.infotext
+    [finished] = txt2img(demo_model, {}, small(steps=5)).images
+    assert "Interrupted" not in finished.infotext

@@ -8,6 +8,7 @@ from typing import Mapping
 import torch
 
 from ti.hook import token_embedding_hook
+from ti.locks import module_lock
 from ti.prompt import (
     CHUNK_LENGTH,
     EmbeddingMatcher,
@@ -77,11 +78,14 @@ class PromptEncoder:
 
     def encode_parsed(self, parsed: list[ParsedPrompt], min_chunks: int = 1) -> torch.Tensor:
         num_chunks = max([min_chunks] + [len(p.chunks) for p in parsed])
-        device = self.text_encoder.device
-        outputs = []
-        for index in range(num_chunks):
-            chunks = [p.chunks[index] if index < len(p.chunks) else self.empty_chunk() for p in parsed]
-            outputs.append(self._encode_chunks(chunks, device))
+        # Under the encoder's lock from reading its device to the last chunk: a generation in
+        # another tab may bring an unloaded text encoder over to its device meanwhile.
+        with module_lock(self.text_encoder):
+            device = self.text_encoder.device
+            outputs = []
+            for index in range(num_chunks):
+                chunks = [p.chunks[index] if index < len(p.chunks) else self.empty_chunk() for p in parsed]
+                outputs.append(self._encode_chunks(chunks, device))
         return torch.cat(outputs, dim=1)
 
     def _encode_chunks(self, chunks: list[PromptChunk], device: torch.device) -> torch.Tensor:

@@ -22,7 +22,7 @@ from ti.embedding import Embedding
 from ti.errors import ConfigError
 from ti.hypernetwork import HypernetworkLibrary, apply_hypernetworks, parse_hypernet_tags
 from ti.infotext import format_infotext, format_ti_hashes
-from ti.locks import module_lock
+from ti.locks import module_lock, on_device
 from ti.pipeline import LoadedModel
 from ti.samplers import make_scheduler, split_sampler_name
 
@@ -122,7 +122,9 @@ def txt2img(
     result = GenerationResult(used_embeddings=used_names, token_count=positive.token_count,
                               negative_token_count=negative.token_count, hypernetworks=list(hypernet_tags))
     num_chunks = max(len(positive.chunks), len(negative.chunks))
-    with torch.no_grad():
+    # A training run with "unload" may have parked the text encoder (and the VAE) on the CPU:
+    # bring each over for this call under its lock, and back afterwards.
+    with torch.no_grad(), on_device(model.text_encoder, model.device):
         cond = encoder.encode_parsed([positive], num_chunks)
         uncond = encoder.encode_parsed([negative], num_chunks)
     batch = config.batch_size
@@ -152,7 +154,8 @@ def txt2img(
             return kwargs
 
         # Hypernetworks set the shared UNet's attention processors: hold its lock meanwhile.
-        with module_lock(pipe.unet), apply_hypernetworks(pipe.unet, hypernetwork_pairs) as applied:
+        with module_lock(pipe.unet), on_device(pipe.vae, model.device), \
+                apply_hypernetworks(pipe.unet, hypernetwork_pairs) as applied:
             if batch_index == 0:
                 result.notes += applied.unmatched_messages()
             output = run_pipe(

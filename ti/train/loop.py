@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from ti.errors import TrainingError
-from ti.locks import module_lock
+from ti.locks import module_lock, move_module
 from ti.pipeline import LoadedModel
 from ti.schedule import ScheduleSegment, parse_schedule, schedule_end, value_at
 from ti.templates import read_template
@@ -177,8 +177,8 @@ def run_training(model: LoadedModel, config: TrainConfig, target: TrainingTarget
         offloaded = target.offload_modules() if config.unload_vae else []
         hooks.status(f"training {config.name} from step {step} to {end_step}")
         try:
-            for module in offloaded:
-                module.to("cpu")
+            for module in offloaded:  # under its lock: never while a generation in another tab uses it
+                move_module(module, "cpu")
             while True:
                 # 5a. Stop at the step boundary: schedule exhausted, or asked to.
                 learning_rate = value_at(lr_segments, step)
@@ -258,8 +258,8 @@ def run_training(model: LoadedModel, config: TrainConfig, target: TrainingTarget
                         target.save_final(step, optimizer, config.seed, grad_scaler.state_dict() if grad_scaler else None)
                     if want_preview:
                         hooks.status(f"preview at step {step}")
-                        with _modules_on(offloaded, model.device):
-                            last_preview = target.write_preview(snapshot, config.preview_prompt or first_prompt, log_dir)
+                        # txt2img brings unloaded modules over for the picture, and back.
+                        last_preview = target.write_preview(snapshot, config.preview_prompt or first_prompt, log_dir)
                 if hooks.on_progress:
                     hooks.on_progress(TrainProgress(
                         step=step, max_steps=end_step, loss=step_loss, learning_rate=learning_rate, epoch=epoch,
@@ -274,7 +274,7 @@ def run_training(model: LoadedModel, config: TrainConfig, target: TrainingTarget
             raise
         finally:
             for module in offloaded:
-                module.to(model.device)
+                move_module(module, model.device)
 
     # 6. The final save: always <folder>/<name>.pt (and .optim), stamped with this model.
     if writes:
@@ -352,19 +352,6 @@ def _frozen(*modules: nn.Module) -> Iterator[None]:
     finally:
         for parameter, flag in flags:
             parameter.requires_grad_(flag)
-
-
-@contextmanager
-def _modules_on(modules: list[nn.Module], device: torch.device) -> Iterator[None]:
-    """Bring unloaded modules (the VAE; for hypernetworks also the text encoder) back to the
-    device for a preview, then away to the CPU again."""
-    for module in modules:
-        module.to(device)
-    try:
-        yield
-    finally:
-        for module in modules:
-            module.to("cpu")
 
 
 def _layout_notes(config: TrainConfig, layout: BatchLayout, num_samples: int, num_processes: int) -> list[str]:

@@ -289,3 +289,52 @@ def test_a_hypernetwork_applied_by_another_thread_never_reaches_an_embedding_ste
         train_embedding(demo_model, kit.config(dataset_dir, max_steps=3), folders[label], hooks)
     threads[0].join()
     assert torch.equal(_vectors(folders["alone"]), _vectors(folders["beside a generation"]))
+
+
+def test_unload_vae_waits_for_a_generation_that_is_decoding_with_the_shared_vae(demo_model, dataset_dir,
+                                                                               embeddings_dir, kit):
+    """Training with "unload VAE" moves the shared VAE to the CPU; a generation in another tab
+    decoding with it at that moment must finish first (the VAE's lock guards where it lives)."""
+    import threading
+
+    from ti.config import GenerateConfig
+    from ti.generate import txt2img
+
+    vae = demo_model.pipe.vae
+    events, about_to_offload = [], threading.Event()
+    original_to, original_decode = vae.to, vae.decode
+
+    def recording_to(*args, **kwargs):
+        events.append(("move", threading.current_thread().name))
+        return original_to(*args, **kwargs)
+
+    def slow_decode(*args, **kwargs):
+        events.append(("decode starts", threading.current_thread().name))
+        assert about_to_offload.wait(30)
+        time.sleep(0.3)  # the training thread's move would land here without the lock
+        events.append(("decode ends", threading.current_thread().name))
+        return original_decode(*args, **kwargs)
+
+    def training_status(text):
+        if text.startswith("training "):
+            about_to_offload.set()
+
+    vae.to, vae.decode = recording_to, slow_decode
+    try:
+        pictures = []
+        generation = threading.Thread(name="generation", target=lambda: pictures.extend(txt2img(
+            demo_model, {}, GenerateConfig(prompt="a tree", steps=2, width=64, height=64, seed=1)).images))
+        generation.start()
+        while not events:
+            time.sleep(0.01)
+        training = threading.Thread(name="training", target=train_embedding, args=(
+            demo_model, kit.config(dataset_dir, max_steps=1, unload_vae=True), embeddings_dir,
+            TrainHooks(on_status=training_status)))
+        training.start()
+        generation.join(60)
+        training.join(60)
+    finally:
+        del vae.to, vae.decode
+    assert [kind for kind, _ in events[:2]] == ["decode starts", "decode ends"], events
+    assert ("move", "training") in events and len(pictures) == 1
+    assert load_embedding_file(embeddings_dir / "mytok.pt").step == 1

@@ -15,8 +15,15 @@ DEMO_NOTICE = (
 )
 
 
+def _current_source(services: AppServices) -> str:
+    model = services.model  # None for the moment a switch has let the old one go
+    return model.source if model is not None else services.model_config.model
+
+
 def model_status(services: AppServices) -> str:
     model = services.model
+    if model is None:
+        return "Loading the model…"
     if model.is_demo:
         return DEMO_NOTICE
     return f"Model **{model.name}** [{model.short_hash}] · {model.family} · {model.device} · {str(model.dtype).replace('torch.', '')}"
@@ -25,22 +32,22 @@ def model_status(services: AppServices) -> str:
 def build_model_bar(services: AppServices) -> dict[str, gr.components.Component]:
     with gr.Row():
         model_dropdown = gr.Dropdown(
-            label="Stable Diffusion checkpoint", choices=services.model_choices(), value=services.model.source,
+            label="Stable Diffusion checkpoint", choices=services.model_choices(), value=_current_source(services),
             elem_id="model_dropdown", scale=4,
         )
         refresh = gr.Button("Refresh", elem_id="model_refresh", scale=0, min_width=60)
     status = gr.Markdown(model_status(services), elem_id="model_status")
 
     def on_refresh():
-        return gr.update(choices=services.model_choices(), value=services.model.source)
+        return gr.update(choices=services.model_choices(), value=_current_source(services))
 
     def on_select(source: str):
         try:
             services.switch_model(source)
         except Exception as exc:
             gr.Warning(str(user_error(exc)))
-            return gr.update(value=services.model.source), model_status(services)
-        return gr.update(value=services.model.source), model_status(services)
+            return gr.update(value=_current_source(services)), model_status(services)
+        return gr.update(value=_current_source(services)), model_status(services)
 
     refresh.click(on_refresh, outputs=[model_dropdown])
     model_dropdown.input(on_select, inputs=[model_dropdown], outputs=[model_dropdown, status])

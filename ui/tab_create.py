@@ -30,12 +30,14 @@ def build_create_tab(services: AppServices) -> dict[str, gr.components.Component
 
     def on_create(name_text, init, vectors, overwrite_flag):
         try:
-            path = create_embedding(services.model, name_text, init, int(vectors), services.paths.embeddings_dir,
-                                    overwrite=bool(overwrite_flag))
+            with services.using_model() as model:
+                path = create_embedding(model, name_text, init, int(vectors), services.paths.embeddings_dir,
+                                        overwrite=bool(overwrite_flag))
+                width = model.text_width
         except Exception as exc:
             raise user_error(exc) from exc
         services.library.refresh(force=True)
-        return f"Created `{path}` ({int(vectors)} vector(s), {services.model.text_width} wide). Train it in the Train embedding tab."
+        return f"Created `{path}` ({int(vectors)} vector(s), {width} wide). Train it in the Train embedding tab."
 
     num_vectors.change(budget_text, inputs=[num_vectors], outputs=[budget])
     create.click(on_create, inputs=[name, init_text, num_vectors, overwrite], outputs=[result])

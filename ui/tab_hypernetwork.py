@@ -36,7 +36,8 @@ def trainable_hypernetworks(services: AppServices) -> list[str]:
 
 
 def _model_widths(services: AppServices) -> list[int]:
-    return attention_widths(services.model.pipe.unet)
+    with services.using_model() as model:
+        return attention_widths(model.pipe.unet)
 
 
 def _build_create_section(services: AppServices) -> dict[str, gr.components.Component]:
@@ -99,7 +100,7 @@ def build_hypernetwork_tab(services: AppServices) -> dict[str, gr.components.Com
         try:
             config = build_train_config(dict(zip(train_fields, values)), services.paths.templates_dir, HYPERNETWORK_FORM,
                                         log_root=services.paths.log_dir)
-            work = training_work(train_hypernetwork, services.model, config, services.paths.hypernetwork_dir)
+            work = training_work(train_hypernetwork, services.using_model, config, services.paths.hypernetwork_dir)
             services.jobs.start(JOB_KIND, f"Training {config.name}", work)
         except Exception as exc:
             raise user_error(exc) from exc

@@ -47,7 +47,7 @@ def build_train_tab(services: AppServices) -> dict[str, gr.components.Component]
         try:
             config = build_train_config(dict(zip(field_names, values)), services.paths.templates_dir, EMBEDDING_FORM,
                                         log_root=services.paths.log_dir)
-            work = training_work(train_embedding, services.model, config, services.paths.embeddings_dir)
+            work = training_work(train_embedding, services.using_model, config, services.paths.embeddings_dir)
             services.jobs.start(EMBEDDING_FORM.job_kind, f"Training {config.name}", work)
         except Exception as exc:
             raise user_error(exc) from exc

@@ -18,8 +18,9 @@ from ui.services import AppServices
 
 def token_counter_text(services: AppServices, prompt: str) -> str:
     snapshot = services.library.snapshot
-    model = services.model
-    encoder = PromptEncoder(model.tokenizer, model.text_encoder, {n: e.vectors for n, e in snapshot.embeddings.items()})
+    with services.using_model() as model:
+        encoder = PromptEncoder(model.tokenizer, model.text_encoder,
+                                {n: e.vectors for n, e in snapshot.embeddings.items()})
     try:
         parsed = encoder.parse(parse_hypernet_tags(prompt or "")[0])
     except Exception as exc:
@@ -98,9 +99,10 @@ def build_txt2img_tab(services: AppServices) -> dict[str, gr.components.Componen
                 width=int(width_value), height=int(height_value), batch_count=int(count_value), batch_size=int(size_value),
             )
             snapshot = services.library.refresh()
-            result = txt2img(services.model, snapshot.embeddings, config,
-                             on_progress=lambda done, total: progress(done / total, desc="Generating"),
-                             should_stop=stop, hypernetworks=services.hypernetworks)
+            with services.using_model() as model:  # a model switch waits for this picture
+                result = txt2img(model, snapshot.embeddings, config,
+                                 on_progress=lambda done, total: progress(done / total, desc="Generating"),
+                                 should_stop=stop, hypernetworks=services.hypernetworks)
             save_generated(result, services.paths.outputs_dir)
         except Exception as exc:
             raise user_error(exc) from exc

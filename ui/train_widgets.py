@@ -2,7 +2,7 @@
 
     build_training_options(services, form, prefix) -> {TrainConfig field: widget}
     build_training_monitor(prefix) -> status, loss plot, latest preview
-    training_work(train, model, config, folder) -> a services.jobs work function
+    training_work(train, using_model, config, folder) -> a services.jobs work function
     monitor_values(snapshot, job_kind) -> (status text, loss frame, preview path)
 
 Widget elem_ids are `<prefix><name>` (train_lr, hn_lr, …). Callbacks stay in the tabs, each with
@@ -125,8 +125,11 @@ def build_training_monitor(prefix: str) -> tuple[gr.Markdown, gr.LinePlot, gr.Im
     return status, plot, preview
 
 
-def training_work(train, model, config, folder):
-    """The job function for services.jobs.start: train(model, config, folder, hooks), reporting progress."""
+def training_work(train, using_model, config, folder):
+    """The job function for services.jobs.start: train(model, config, folder, hooks), reporting progress.
+
+    using_model: services.using_model; the run holds the model as "training" from start to end,
+    so the model picker refuses to switch it meanwhile."""
 
     def work(progress):
         def report(p):
@@ -138,7 +141,8 @@ def training_work(train, model, config, folder):
         hooks = TrainHooks(on_progress=report, should_stop=progress.should_stop,
                            on_status=lambda text: progress.update(message=text))
         progress.update(total=config.max_steps)  # no step yet: the first one reported may be a resume's 5001
-        return train(model, config, folder, hooks)
+        with using_model("training") as model:
+            return train(model, config, folder, hooks)
 
     return work
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
+import io
 import random
 import re
 import threading
@@ -20,6 +20,7 @@ from ti.conditioning import PromptEncoder
 from ti.config import GenerateConfig
 from ti.embedding import Embedding
 from ti.errors import ConfigError
+from ti.formats import write_file_atomically
 from ti.hypernetwork import HypernetworkLibrary, apply_hypernetworks, parse_hypernet_tags
 from ti.infotext import format_infotext, format_ti_hashes
 from ti.locks import module_lock, on_device
@@ -190,11 +191,9 @@ def save_png_with_infotext(image: Image.Image, infotext: str, path: Path) -> Pat
     """Write a PNG with the infotext in its `parameters` text chunk, atomically."""
     info = PngInfo()
     info.add_text("parameters", infotext)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG", pnginfo=info)
-    os.replace(tmp, path)
-    return path
+    encoded = io.BytesIO()
+    image.save(encoded, format="PNG", pnginfo=info)
+    return write_file_atomically(Path(path), encoded.getvalue())
 
 
 _SAVE_LOCK = threading.Lock()

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import threading
 from pathlib import Path
+
+from ti.formats import write_file_atomically
 
 _CHUNK = 1 << 20
 
@@ -59,7 +60,4 @@ class HashCache:
     def _save(self) -> None:
         if not self.cache_file:
             return
-        self.cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.cache_file.with_name(self.cache_file.name + ".tmp")
-        tmp.write_text(json.dumps({"hashes": self._entries}, indent=1), encoding="utf-8")
-        os.replace(tmp, self.cache_file)
+        write_file_atomically(self.cache_file, json.dumps({"hashes": self._entries}, indent=1).encode("utf-8"))

@@ -22,7 +22,7 @@ Departures from A1111 worth knowing:
 
 from __future__ import annotations
 
-import os
+import io
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +33,7 @@ from PIL import Image
 
 from ti.crops import auto_size_crop, cover_crop_resize, flip, plan_split, split_oversized
 from ti.errors import ConfigError, TIError
+from ti.formats import write_file_atomically
 from ti.focal_crop import focal_crop, opencv_face_detector
 from ti.image_loading import load_image_for_training
 from ti.preprocess_config import EXISTING_CAPTION_ACTIONS, PreprocessConfig
@@ -274,13 +275,11 @@ def _write_output(destination: Path, basename: str, image: Image.Image, caption:
     image_path = destination / f"{basename}.png"
     caption_path = destination / f"{basename}.txt"
     try:
-        temporary = image_path.with_name(image_path.name + ".partial")
-        image.save(temporary, format="PNG")
-        os.replace(temporary, image_path)
+        encoded = io.BytesIO()
+        image.save(encoded, format="PNG")
+        write_file_atomically(image_path, encoded.getvalue())
         if caption:
-            temporary = caption_path.with_name(caption_path.name + ".partial")
-            temporary.write_text(caption, encoding="utf-8")
-            os.replace(temporary, caption_path)
+            write_file_atomically(caption_path, caption.encode("utf-8"))
         elif caption_path.exists():
             caption_path.unlink()
     except OSError as exc:

@@ -19,6 +19,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--listen", action="store_true", help="bind 0.0.0.0 (default: 127.0.0.1 only)")
     parser.add_argument("--gradio-auth", default=None, help="user:password (comma-separate several)")
+    parser.add_argument("--data-root", default=".", help="with --listen and no --gradio-auth, the folder fields of "
+                        "the page (preprocess source/destination, dataset folder) must lie inside this folder "
+                        "(default: the working directory)")
     parser.add_argument("--embeddings-dir", default="embeddings")
     parser.add_argument("--hypernetwork-dir", default="models/hypernetworks")
     parser.add_argument("--models-dir", default="models/Stable-diffusion")
@@ -53,6 +56,14 @@ def server_options(args: argparse.Namespace) -> dict:
     }
 
 
+def data_root_for(args: argparse.Namespace) -> Path | None:
+    """The folder the page's folder fields are confined to: only when anyone on the network can
+    use the page (--listen without a login); None (no confinement) otherwise."""
+    if args.listen and not args.gradio_auth:
+        return Path(args.data_root).resolve()
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
@@ -66,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = AppPaths(
         embeddings_dir=Path(args.embeddings_dir), models_dir=Path(args.models_dir),
         hypernetwork_dir=Path(args.hypernetwork_dir), outputs_dir=Path(args.outputs_dir),
-        log_dir=Path(args.log_dir), templates_dir=Path(args.templates_dir),
+        log_dir=Path(args.log_dir), templates_dir=Path(args.templates_dir), data_root=data_root_for(args),
     )
     for folder in (paths.embeddings_dir, paths.models_dir, paths.hypernetwork_dir):
         folder.mkdir(parents=True, exist_ok=True)
@@ -83,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     if services.model.is_demo:
         print("ti-studio: using the built-in demo model (noise pictures); put a checkpoint in "
               f"{paths.models_dir}/ or pass --model", file=sys.stderr)
+    if paths.data_root is not None:
+        print(f"ti-studio: open to the network without a login; folder fields are kept inside {paths.data_root} "
+              "(--data-root)", file=sys.stderr)
     app = build_app(services)
     app.queue(default_concurrency_limit=4)
     app.launch(

@@ -79,6 +79,9 @@ class AppPaths:
     log_dir: Path = Path("textual_inversion")
     templates_dir: Path = Path("textual_inversion_templates")
     cache_file: Path = Path(".cache/hashes.json")
+    # Set when the page is open to the network without a login (--listen, no --gradio-auth): the
+    # folder fields (preprocess source/destination, dataset folder) must lie inside it.
+    data_root: Path | None = None
 
 
 @dataclass

@@ -99,7 +99,8 @@ def build_hypernetwork_tab(services: AppServices) -> dict[str, gr.components.Com
     def on_train_hypernetwork(*values):
         try:
             config = build_train_config(dict(zip(train_fields, values)), services.paths.templates_dir, HYPERNETWORK_FORM,
-                                        log_root=services.paths.log_dir)
+                                        log_root=services.paths.log_dir,
+                                        data_root=services.paths.data_root)
             work = training_work(train_hypernetwork, services.using_model, config, services.paths.hypernetwork_dir)
             services.jobs.start(JOB_KIND, f"Training {config.name}", work)
         except Exception as exc:

@@ -15,6 +15,7 @@ from PIL import Image
 from ti.crops import AUTO_CROP_OBJECTIVES
 from ti.errors import ConfigError
 from ti.preprocess import EXISTING_CAPTION_ACTIONS, PreprocessConfig, PreprocessResult, preprocess_folder
+from ui.folders import folder_inside
 from ui.errors import user_error
 from ui.jobs import JobSnapshot
 from ui.services import AppServices
@@ -41,6 +42,10 @@ def config_from_values(values: dict) -> PreprocessConfig:
 def start_preprocess(services: AppServices, values: dict) -> str:
     """Validate, then start the run as the one background job. Raises gr.Error (bad field, job busy)."""
     try:
+        root = services.paths.data_root
+        values = {**values, "source": str(folder_inside(values.get("source") or "", root, "Source directory")),
+                  "destination": str(folder_inside(values.get("destination") or "", root, "Destination directory"))
+                  } if root is not None else values
         config = config_from_values(values)
         if not config.source.is_dir():
             raise gr.Error(f"source: {config.source} is not a folder")

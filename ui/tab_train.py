@@ -46,7 +46,8 @@ def build_train_tab(services: AppServices) -> dict[str, gr.components.Component]
     def on_start(*values):
         try:
             config = build_train_config(dict(zip(field_names, values)), services.paths.templates_dir, EMBEDDING_FORM,
-                                        log_root=services.paths.log_dir)
+                                        log_root=services.paths.log_dir,
+                                        data_root=services.paths.data_root)
             work = training_work(train_embedding, services.using_model, config, services.paths.embeddings_dir)
             services.jobs.start(EMBEDDING_FORM.job_kind, f"Training {config.name}", work)
         except Exception as exc:

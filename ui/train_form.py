@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ti.train import HypernetworkTrainConfig, TrainConfig
+from ui.folders import folder_inside
 
 # Widget labels by TrainConfig field, so an error names what the user sees.
 FIELD_LABELS = {
@@ -97,10 +98,12 @@ def log_dir_inside(text: str, log_root: Path) -> str:
 
 
 def build_train_config(values: dict, templates_dir: Path, form: TrainForm = EMBEDDING_FORM,
-                       log_root: Path | None = None) -> TrainConfig:
+                       log_root: Path | None = None, data_root: Path | None = None) -> TrainConfig:
     """values: widget values keyed by TrainConfig field name -> form.config_class.
 
     log_root: when given, the log directory must lie inside it (log_dir_inside).
+    data_root: when given (an open --listen server), the dataset folder must lie inside it, and
+        the template must be one of templates_dir's by name (not a path to any file).
     Raises:
         ConfigError: field = the widget's label.
     """
@@ -109,9 +112,11 @@ def build_train_config(values: dict, templates_dir: Path, form: TrainForm = EMBE
     try:
         if log_root is not None:
             values = {**values, "log_dir": log_dir_inside(values.get("log_dir") or "", log_root)}
+        if data_root is not None and any(sep in (values.get("template") or "") for sep in ("/", "\\")):
+            raise ConfigError("template", "pick a template from the list (this open server takes no file paths)")
         return form.config_class(
             name=(values.get("name") or "").strip(),
-            data_dir=Path((values.get("data_dir") or "").strip() or "."),
+            data_dir=folder_inside(values.get("data_dir") or "", data_root, "data_dir"),
             learning_rate=values.get("learning_rate") or "",
             batch_size=_int(values.get("batch_size"), 1),
             grad_accum=_int(values.get("grad_accum"), 1),

@@ -168,3 +168,46 @@ def test_convert_names_the_output_by_its_own_stem_and_writes_only_there(tmp_path
     assert main(["convert", str(source), str(out / "no-extension")]) == 2
     assert "unknown extension" in capsys.readouterr().err
     assert files_under(tmp_path) - before == {out / "converted.safetensors", out / "converted.pt", out / "converted.webp"}
+
+
+def test_an_open_listen_server_keeps_folder_fields_inside_the_data_root(ui, tmp_path):
+    """--listen without a login: preprocess source/destination and the dataset folder of both
+    training tabs must lie inside the data root; outside paths are refused by field, nothing runs."""
+    from ti.create import create_embedding
+
+    root = tmp_path / "data-root"
+    kit.write_dataset(root / "raw")
+    outside = kit.write_dataset(tmp_path / "outside")
+    ui.services.paths.data_root = root
+    create_embedding(ui.services.model, "tok", "cat", 1, ui.services.paths.embeddings_dir)
+    refusals = [
+        ("Source directory", "on_run", dict(preprocess_source=str(outside), preprocess_destination="done")),
+        ("Destination directory", "on_run", dict(preprocess_source="raw", preprocess_destination="../escaped")),
+        ("Dataset directory", "on_start", dict(train_embedding="tok", train_data_dir=str(outside))),
+        ("Dataset directory", "on_train_hypernetwork", dict(hn_data_dir="../outside")),
+    ]
+    for label, callback, values in refusals:
+        with pytest.raises(gr.Error) as refusal:
+            ui.call(callback, **values)
+        assert refusal.value.message.startswith(f"{label}: ") and "outside the data folder" in refusal.value.message
+        assert not ui.services.jobs.snapshot().running
+    assert not (tmp_path / "escaped").exists()
+
+    # Inside the root, relative to it: preprocessing runs and writes there.
+    ui.call("on_run", preprocess_source="raw", preprocess_destination="done", preprocess_width=64, preprocess_height=64)
+    ui.services.jobs.wait(120)
+    assert sorted(p.suffix for p in (root / "done").iterdir()) == [".png", ".png"]
+    ui.services.paths.data_root = None  # a loopback or logged-in server: any folder
+    ui.call("on_start", train_embedding="tok", train_data_dir=str(outside), train_width=64, train_height=64,
+            train_max_steps=1, train_save_every=0, train_preview_every=0)
+    assert ui.services.jobs.wait(120).error == ""
+
+
+def test_only_an_open_listen_server_confines_folders(tmp_path):
+    from test_app_server import load_app_module
+
+    app = load_app_module()
+    assert app.data_root_for(app.parse_args([])) is None
+    assert app.data_root_for(app.parse_args(["--listen", "--gradio-auth", "a:b"])) is None
+    assert app.data_root_for(app.parse_args(["--listen"])) == Path.cwd().resolve()
+    assert app.data_root_for(app.parse_args(["--listen", "--data-root", str(tmp_path)])) == tmp_path.resolve()

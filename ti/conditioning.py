@@ -7,6 +7,8 @@ from typing import Mapping
 
 import torch
 
+from ti.config import check_clip_skip
+from ti.errors import ConfigError
 from ti.hook import token_embedding_hook
 from ti.locks import module_lock
 from ti.prompt import (
@@ -16,6 +18,36 @@ from ti.prompt import (
     chunk_prompt,
     parse_prompt_attention,
 )
+
+
+def text_encoder_layers(text_encoder) -> int:
+    return int(text_encoder.config.num_hidden_layers)
+
+
+def check_clip_skip_for(clip_skip: int, text_encoder) -> None:
+    """check_clip_skip, and the encoder must have that many layers (the demo's has 5)."""
+    check_clip_skip(clip_skip)
+    if clip_skip > text_encoder_layers(text_encoder):
+        raise ConfigError("Clip skip", f"{clip_skip} is more than the text encoder's "
+                                       f"{text_encoder_layers(text_encoder)} layers")
+
+
+def final_layer_norm(text_encoder):
+    """The CLIP text model's final LayerNorm (transformers 5 has it on the model; 4 on .text_model)."""
+    norm = getattr(text_encoder, "final_layer_norm", None)
+    return norm if norm is not None else text_encoder.text_model.final_layer_norm
+
+
+def effective_clip_skip(model, requested: int) -> tuple[int, str | None]:
+    """The Clip skip to encode with, and a note when the model ignores the one asked for.
+
+    A1111 applies Clip skip to SD1's CLIP only: SD2's OpenCLIP text encoder already stops at the
+    penultimate layer (diffusers' SD2 conversions drop the last one), and A1111 ignores the
+    setting there while still writing it into the infotext. So do we."""
+    if requested > 1 and model.family == "sd2":
+        return 1, (f"Clip skip {requested} is ignored for SD 2.x models, as in A1111 (their text encoder "
+                   "already ends at the penultimate layer)")
+    return requested, None
 
 
 @dataclass
@@ -41,11 +73,15 @@ class PromptEncoder:
 
     vectors_by_name maps an embedding name to its vectors [n, dim]: the loaded files for
     generation, or the trainable Parameter while training (gradients flow through).
+    clip_skip: A1111's "Clip skip" (CLIP_stop_at_last_layers): 1 is the last layer's output;
+    N > 1 the output N-1 layers before it, with the final layer norm applied to it as A1111 does.
     """
 
-    def __init__(self, tokenizer, text_encoder, vectors_by_name: Mapping[str, torch.Tensor]):
+    def __init__(self, tokenizer, text_encoder, vectors_by_name: Mapping[str, torch.Tensor], clip_skip: int = 1):
         if len(tokenizer) <= 2:
             raise ValueError("the tokenizer is empty (an offline hub load returns an empty tokenizer)")
+        check_clip_skip_for(clip_skip, text_encoder)
+        self.clip_skip = int(clip_skip)
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
         self.vectors_by_name = dict(vectors_by_name)
@@ -99,7 +135,11 @@ class PromptEncoder:
         input_ids = torch.tensor(token_rows, dtype=torch.long, device=device)
         splices = [[(m.offset, self.vectors_by_name[m.name]) for m in chunk.matches] for chunk in chunks]
         with token_embedding_hook(self.text_encoder, splices):
-            hidden = self.text_encoder(input_ids)[0]
+            if self.clip_skip > 1:
+                outputs = self.text_encoder(input_ids, output_hidden_states=True)
+                hidden = final_layer_norm(self.text_encoder)(outputs.hidden_states[-self.clip_skip])
+            else:
+                hidden = self.text_encoder(input_ids)[0]
         weights = torch.tensor([c.weights for c in chunks], dtype=torch.float32, device=hidden.device)
         if torch.all(weights == 1.0):
             return hidden

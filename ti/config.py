@@ -7,6 +7,13 @@ from dataclasses import asdict, dataclass, field
 from ti.errors import ConfigError
 
 PRECISIONS = ("full", "half", "bf16")
+MAX_CLIP_SKIP = 12  # A1111's slider; SD1's text encoder has 12 layers
+
+
+def check_clip_skip(clip_skip: int) -> None:
+    """Raises ConfigError("Clip skip") unless clip_skip is a whole number from 1 to 12."""
+    if isinstance(clip_skip, bool) or not isinstance(clip_skip, int) or not 1 <= clip_skip <= MAX_CLIP_SKIP:
+        raise ConfigError("Clip skip", f"must be a whole number from 1 to {MAX_CLIP_SKIP}, got {clip_skip!r}")
 
 
 @dataclass
@@ -39,6 +46,7 @@ class GenerateConfig:
     height: int = 512
     batch_count: int = 1
     batch_size: int = 1
+    clip_skip: int = 1  # A1111's "Clip skip": 1 = the last layer, 2 = the penultimate (anime models)
     extra_params: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -53,6 +61,7 @@ class GenerateConfig:
             raise ConfigError("batch count", f"must be between 1 and 100, got {self.batch_count}")
         if not 1 <= self.batch_size <= 64:
             raise ConfigError("batch size", f"must be between 1 and 64, got {self.batch_size}")
+        check_clip_skip(self.clip_skip)
         if self.seed < -1 or self.seed >= 2**32:
             raise ConfigError("seed", f"must be -1 (random) or 0..4294967295, got {self.seed}")
 

@@ -16,7 +16,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from ti import __version__
-from ti.conditioning import PromptEncoder
+from ti.conditioning import PromptEncoder, effective_clip_skip
 from ti.config import GenerateConfig
 from ti.embedding import Embedding
 from ti.errors import ConfigError
@@ -67,6 +67,7 @@ def build_infotext(config: GenerateConfig, seed: int, model: LoadedModel, used: 
         "Size": f"{config.width}x{config.height}",
         "Model hash": model.short_hash,
         "Model": model.name,
+        "Clip skip": config.clip_skip if config.clip_skip > 1 else None,  # as A1111: only when not 1
     }
     if used:
         params["TI hashes"] = format_ti_hashes({name: emb.shorthash or "" for name, emb in used.items()})
@@ -116,12 +117,16 @@ def txt2img(
         raise ConfigError("prompt", "uses <hypernet:…> tags, but no hypernetwork folder is set")
     hypernetwork_pairs = hypernetworks.resolve(hypernet_tags) if hypernet_tags else []
 
-    encoder = PromptEncoder(model.tokenizer, model.text_encoder, {n: e.vectors for n, e in embeddings.items()})
+    clip_skip, clip_skip_note = effective_clip_skip(model, config.clip_skip)
+    encoder = PromptEncoder(model.tokenizer, model.text_encoder, {n: e.vectors for n, e in embeddings.items()},
+                            clip_skip=clip_skip)
     positive = encoder.parse(prompt_text)
     negative = encoder.parse(negative_text)
     used_names = positive.used_embeddings + [n for n in negative.used_embeddings if n not in positive.used_embeddings]
     result = GenerationResult(used_embeddings=used_names, token_count=positive.token_count,
                               negative_token_count=negative.token_count, hypernetworks=list(hypernet_tags))
+    if clip_skip_note:
+        result.notes.append(clip_skip_note)
     num_chunks = max(len(positive.chunks), len(negative.chunks))
     # A training run with "unload" may have parked the text encoder (and the VAE) on the CPU:
     # bring each over for this call under its lock, and back afterwards.

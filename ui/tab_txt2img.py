@@ -69,7 +69,10 @@ def build_txt2img_tab(services: AppServices) -> dict[str, gr.components.Componen
                 batch_count = gr.Slider(label="Batch count", minimum=1, maximum=100, step=1, value=1)
                 batch_size = gr.Slider(label="Batch size", minimum=1, maximum=8, step=1, value=1)
             cfg = gr.Slider(label="CFG scale", minimum=1, maximum=30, step=0.5, value=7, elem_id="txt2img_cfg")
-            seed = gr.Number(label="Seed (-1: random)", value=-1, precision=0, elem_id="txt2img_seed")
+            with gr.Row():
+                seed = gr.Number(label="Seed (-1: random)", value=-1, precision=0, elem_id="txt2img_seed")
+                clip_skip = gr.Slider(label="Clip skip", minimum=1, maximum=12, step=1, value=1, elem_id="txt2img_clip_skip",
+                                      info="2 for models trained on the penultimate CLIP layer (anime); ignored on SD 2.x")
             with gr.Row():
                 default_hn = gr.Dropdown(label="Hypernetwork added to every prompt", value="None",
                                          choices=["None"] + services.hypernetwork_names(), elem_id="txt2img_hypernetwork",
@@ -87,7 +90,7 @@ def build_txt2img_tab(services: AppServices) -> dict[str, gr.components.Componen
         return embeddings_table(services)
 
     def on_generate(prompt_text, negative_text, sampler_name, steps_value, cfg_value, seed_value, width_value,
-                    height_value, count_value, size_value, hypernetwork_name, progress=gr.Progress(),
+                    height_value, count_value, size_value, hypernetwork_name, clip_skip_value=1, progress=gr.Progress(),
                     request: gr.Request = None):
         session = session_of(request)
         stop = stops.start(session)
@@ -97,6 +100,7 @@ def build_txt2img_tab(services: AppServices) -> dict[str, gr.components.Componen
                 prompt=with_default_hypernetwork(prompt_text or "", default), negative_prompt=negative_text or "", steps=int(steps_value),
                 sampler=sampler_name, cfg_scale=float(cfg_value), seed=int(seed_value if seed_value is not None else -1),
                 width=int(width_value), height=int(height_value), batch_count=int(count_value), batch_size=int(size_value),
+                clip_skip=int(clip_skip_value if clip_skip_value is not None else 1),
             )
             snapshot = services.library.refresh()
             with services.using_model() as model:  # a model switch waits for this picture
@@ -126,11 +130,12 @@ def build_txt2img_tab(services: AppServices) -> dict[str, gr.components.Componen
     hn_refresh.click(lambda: gr.update(choices=["None"] + services.hypernetwork_names()), outputs=[default_hn])
     generate.click(
         on_generate,
-        inputs=[prompt, negative, sampler, steps, cfg, seed, width, height, batch_count, batch_size, default_hn],
+        inputs=[prompt, negative, sampler, steps, cfg, seed, width, height, batch_count, batch_size, default_hn, clip_skip],
         outputs=[gallery, infotext, used, embeddings_md],
     )
     def on_interrupt_generation(request: gr.Request = None):
         stops.stop(session_of(request))
 
     interrupt.click(on_interrupt_generation)
-    return {"prompt": prompt, "negative": negative, "generate": generate, "gallery": gallery, "infotext": infotext}
+    return {"prompt": prompt, "negative": negative, "generate": generate, "gallery": gallery, "infotext": infotext,
+            "clip_skip": clip_skip}

@@ -62,6 +62,8 @@ def build_training_options(services: AppServices, form: TrainForm, prefix: str) 
     w["template"] = gr.Dropdown(label="Prompt template", choices=templates,
                                 value=form.template if form.template in templates else templates[0],
                                 elem_id=f"{prefix}template")
+    w["clip_skip"] = gr.Slider(label=form.label("clip_skip"), minimum=1, maximum=12, step=1, value=1,
+                               elem_id=f"{prefix}clip_skip", info=form.config_class.help_for("clip_skip"))
     with gr.Row():
         w["width"] = gr.Slider(label="Width", minimum=64, maximum=2048, step=8, value=512, elem_id=f"{prefix}width")
         w["height"] = gr.Slider(label="Height", minimum=64, maximum=2048, step=8, value=512, elem_id=f"{prefix}height")

@@ -11,6 +11,7 @@ from PIL import Image
 from ti.errors import ConfigError
 from ti.preprocess import PreprocessResult, SkippedFile
 from ui.jobs import JobRunner, JobSnapshot
+from ui.services import AppPaths
 from ui.tab_preprocess import CONFIG_FIELDS, DEFAULTS, config_from_values, interrupt, poll, progress_text, start_preprocess
 
 
@@ -54,7 +55,7 @@ def test_bad_values_name_the_field(tmp_path, changes, field):
 
 
 def test_refusals_start_nothing(source):
-    services = SimpleNamespace(jobs=JobRunner())
+    services = SimpleNamespace(jobs=JobRunner(), paths=AppPaths())
     with pytest.raises(gr.Error, match="destination"):
         start_preprocess(services, values(source, source / "out"))
     with pytest.raises(gr.Error, match="source"):
@@ -63,7 +64,7 @@ def test_refusals_start_nothing(source):
 
 
 def test_busy_runner_shows_the_job_busy_message(source):
-    services = SimpleNamespace(jobs=JobRunner())
+    services = SimpleNamespace(jobs=JobRunner(), paths=AppPaths())
     release = threading.Event()
     services.jobs.start("train-embedding", "Training cat", lambda progress: (release.wait(10), progress.should_stop())[1])
     try:
@@ -76,7 +77,7 @@ def test_busy_runner_shows_the_job_busy_message(source):
 
 
 def test_run_then_poll_shows_summary_skipped_and_gallery(source):
-    services = SimpleNamespace(jobs=JobRunner())
+    services = SimpleNamespace(jobs=JobRunner(), paths=AppPaths())
     assert start_preprocess(services, values(source, source.parent / "out", width=64.0, height=64.0, flip=True)) == "Starting…"
     services.jobs.wait(30)
     line, summary, gallery, timer = poll(services)

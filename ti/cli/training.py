@@ -52,6 +52,7 @@ def add_training_flags(parser: argparse.ArgumentParser, lr_default: str, templat
     parser.add_argument("--filewords-regex", default="", help="words kept from file names for [filewords]")
     parser.add_argument("--filewords-join", default=" ")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--clip-skip", type=int, default=1, help="A1111's Clip skip: 1 = the last CLIP layer, 2 = the penultimate (anime models); ignored on SD 2.x")
     parser.add_argument("--unload-vae", action="store_true", help=unload_help)
     speed = parser.add_argument_group("speed and memory (benchmarks/train_speed.py measures them)")
     speed.add_argument("--mixed-precision", choices=["auto", "no", "bf16", "fp16"], default="auto",
@@ -84,7 +85,7 @@ def config_from_args(args: argparse.Namespace, config_class=None):
         preview_width=preview_width, preview_height=preview_height, shuffle_tags=args.shuffle_tags,
         tag_dropout=args.tag_dropout, latent_sampling=args.latent_sampling, alpha_weight=args.alpha_weight,
         flip=args.flip, filewords_regex=args.filewords_regex, filewords_join=args.filewords_join, seed=args.seed,
-        unload_vae=args.unload_vae, mixed_precision=args.mixed_precision,
+        clip_skip=args.clip_skip, unload_vae=args.unload_vae, mixed_precision=args.mixed_precision,
         gradient_checkpointing=args.gradient_checkpointing, channels_last=args.channels_last, compile_unet=args.compile,
     )
 

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ti.captions import filewords_from_filename
+from ti.config import check_clip_skip
 from ti.create import clean_embedding_name
 from ti.errors import ConfigError, ScheduleSyntaxError, TIError
 from ti.samplers import sampler_names
@@ -83,6 +84,9 @@ class TrainConfig:
                                       "expression finds (empty: the whole name).")
     filewords_join: str = option(" ", "What goes between the words filewords_regex found.")
     seed: int = option(0, "Fixes the batch order, noise, timesteps, template lines and tag shuffles.")
+    clip_skip: int = option(1, "A1111's Clip skip for the training prompts and the previews: 1 = the text "
+                               "encoder's last layer, 2 = the penultimate (what anime models are trained and "
+                               "prompted with). Ignored on SD 2.x, as in A1111.")
     unload_vae: bool = option(False, "Keep the VAE on the CPU while training (saves VRAM; back for previews).")
     # Speed and memory (speed.py); none of them changes what is trained, only how fast and in how much memory.
     mixed_precision: str = option("auto", "Precision of the frozen UNet, VAE and text encoder while training: auto "
@@ -137,6 +141,10 @@ class TrainConfig:
             _require_int(name, value)
             if value < 0:
                 raise ConfigError(name, f"must be 0 (off) or more, got {value}")
+        try:
+            check_clip_skip(self.clip_skip)
+        except ConfigError as error:
+            raise ConfigError("clip_skip", str(error).split(": ", 1)[-1]) from None
         if self.preview_steps > 500:
             raise ConfigError("preview_steps", f"must be at most 500, got {self.preview_steps}")
         for name in ("width", "height"):

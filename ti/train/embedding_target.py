@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ti.conditioning import PromptEncoder
+from ti.conditioning import PromptEncoder, effective_clip_skip
 from ti.embedding import Embedding
 from ti.errors import TrainingError
 from ti.pipeline import LoadedModel
@@ -39,7 +39,8 @@ class EmbeddingTarget(TrainingTarget):
         self.start = load_start_embedding(self.path, model.text_width)
         self.start_step = self.start.step or 0
         self.vectors = nn.Parameter(self.start.vectors.to(device=model.device, dtype=torch.float32).clone())
-        self.prompt_encoder = PromptEncoder(model.tokenizer, model.text_encoder, {config.name: self.vectors})
+        self.prompt_encoder = PromptEncoder(model.tokenizer, model.text_encoder, {config.name: self.vectors},
+                                            clip_skip=effective_clip_skip(model, config.clip_skip)[0])
 
     def check(self, template_lines: list[str], template_path: Path) -> None:
         if not any(NAME_PLACEHOLDER in line for line in template_lines):

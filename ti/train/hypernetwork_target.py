@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ti.conditioning import PromptEncoder
+from ti.conditioning import PromptEncoder, effective_clip_skip
 from ti.config import GenerateConfig
 from ti.errors import BadEmbeddingFile, ConfigError, TrainingError
 from ti.generate import save_png_with_infotext, txt2img
@@ -61,7 +61,8 @@ class HypernetworkTarget(TrainingTarget):
         self.hypernetwork.to(device=model.device)
         self.start_step = self.hypernetwork.step
         self.last_good: tuple[int, Path] = (self.start_step, self.path)  # where roll_back goes
-        self.prompt_encoder = PromptEncoder(model.tokenizer, model.text_encoder, {})
+        self.prompt_encoder = PromptEncoder(model.tokenizer, model.text_encoder, {},
+                                            clip_skip=effective_clip_skip(model, config.clip_skip)[0])
         self.has_dropout = any(isinstance(module, nn.Dropout) for module in self.hypernetwork.modules())
         self._encode_on_cpu = bool(config.unload_vae)
         self._cache: OrderedDict[tuple[str, int], torch.Tensor] = OrderedDict()
@@ -141,7 +142,8 @@ class HypernetworkTarget(TrainingTarget):
         tagged = f"{parse_hypernet_tags(prompt)[0].strip()} <hypernet:{self.name}:{STRENGTH_WHILE_TRAINING:g}>".strip()
         generate_config = GenerateConfig(prompt=tagged, negative_prompt=parse_hypernet_tags(config.preview_negative_prompt)[0],
                                          steps=config.preview_steps, sampler=config.preview_sampler,
-                                         cfg_scale=config.preview_cfg, seed=config.preview_seed, width=width, height=height)
+                                         cfg_scale=config.preview_cfg, seed=config.preview_seed, width=width, height=height,
+                                         clip_skip=config.clip_skip)
         self.hypernetwork.eval()
         generated = txt2img(self.model, {}, generate_config, hypernetworks=_JustThis(self.hypernetwork)).images[0]
         return save_png_with_infotext(generated.image, generated.infotext, log_dir.preview(snapshot))

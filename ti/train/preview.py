@@ -50,7 +50,8 @@ def render_preview(model: LoadedModel, name: str, embedding: Embedding, config: 
     width, height = config.preview_size()
     generate_config = GenerateConfig(prompt=prompt, negative_prompt=config.preview_negative_prompt,
                                      steps=config.preview_steps, sampler=config.preview_sampler,
-                                     cfg_scale=config.preview_cfg, seed=config.preview_seed, width=width, height=height)
+                                     cfg_scale=config.preview_cfg, seed=config.preview_seed, width=width, height=height,
+                                     clip_skip=config.clip_skip)
     return txt2img(model, {name: embedding}, generate_config).images[0]
 
 

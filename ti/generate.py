@@ -25,7 +25,9 @@ from ti.hypernetwork import HypernetworkLibrary, apply_hypernetworks, parse_hype
 from ti.infotext import format_infotext, format_ti_hashes
 from ti.locks import module_lock, on_device
 from ti.pipeline import LoadedModel
+from ti.prompt_schedule import merged_schedule, prompt_schedule
 from ti.samplers import make_scheduler, split_sampler_name
+from ti.sampling import ConditioningSchedule, decode, denoise
 
 ProgressCallback = Callable[[int, int], None]  # (steps done, steps in all)
 
@@ -105,11 +107,10 @@ def txt2img(
     """
     pipe = model.pipe
     scheduler = make_scheduler(config.sampler, dict(pipe.scheduler.config))
-    # A fresh pipeline object over the same modules: the sampler and the interrupt flag belong to
-    # this call only, so two generations at once don't mix.
+    # A fresh pipeline object over the same modules, for its helpers (extra step arguments, image
+    # post-processing): the sampler belongs to this call only, so two generations at once don't mix.
     run_pipe = type(pipe)(**{**pipe.components, "scheduler": scheduler},
                           requires_safety_checker=getattr(pipe.config, "requires_safety_checker", False))
-    run_pipe.set_progress_bar_config(disable=True)
 
     prompt_text, hypernet_tags = parse_hypernet_tags(config.prompt)
     negative_text, _ = parse_hypernet_tags(config.negative_prompt)
@@ -120,21 +121,29 @@ def txt2img(
     clip_skip, clip_skip_note = effective_clip_skip(model, config.clip_skip)
     encoder = PromptEncoder(model.tokenizer, model.text_encoder, {n: e.vectors for n, e in embeddings.items()},
                             clip_skip=clip_skip)
-    positive = encoder.parse(prompt_text)
-    negative = encoder.parse(negative_text)
-    used_names = positive.used_embeddings + [n for n in negative.used_embeddings if n not in positive.used_embeddings]
-    result = GenerationResult(used_embeddings=used_names, token_count=positive.token_count,
-                              negative_token_count=negative.token_count, hypernetworks=list(hypernet_tags))
+    # Prompt editing and alternation: the texts each prompt takes over the steps, each parsed once.
+    schedules = [merged_schedule(prompt_schedule(text, config.steps)) for text in (prompt_text, negative_text)]
+    parsed = {text: encoder.parse(text) for schedule in schedules for _, text in schedule}
+    positive_parsed = [parsed[text] for _, text in schedules[0]]
+    negative_parsed = [parsed[text] for _, text in schedules[1]]
+    used_names: list[str] = []
+    for item in positive_parsed + negative_parsed:
+        used_names += [name for name in item.used_embeddings if name not in used_names]
+    result = GenerationResult(used_embeddings=used_names,
+                              token_count=max(item.token_count for item in positive_parsed),
+                              negative_token_count=max(item.token_count for item in negative_parsed),
+                              hypernetworks=list(hypernet_tags))
     if clip_skip_note:
         result.notes.append(clip_skip_note)
-    num_chunks = max(len(positive.chunks), len(negative.chunks))
+    batch = config.batch_size
     # A training run with "unload" may have parked the text encoder (and the VAE) on the CPU:
     # bring each over for this call under its lock, and back afterwards.
     with torch.no_grad(), on_device(model.text_encoder, model.device):
-        cond = encoder.encode_parsed([positive], num_chunks)
-        uncond = encoder.encode_parsed([negative], num_chunks)
-    batch = config.batch_size
-    cond, uncond = cond.repeat(batch, 1, 1), uncond.repeat(batch, 1, 1)
+        def encode(text: str) -> torch.Tensor:  # each prompt at its own length (no padding)
+            return encoder.encode_parsed([parsed[text]]).repeat(batch, 1, 1)
+
+        cond = ConditioningSchedule.encoded(schedules[0], encode)
+        uncond = ConditioningSchedule.encoded(schedules[1], encode)
     first_seed = resolve_seed(config.seed)
     total_steps = config.steps * config.batch_count
     used = {n: embeddings[n] for n in used_names}
@@ -148,36 +157,22 @@ def txt2img(
             for g in generators
         ]).to(device=model.device, dtype=model.dtype)
 
-        steps_done = [0]  # denoising steps this batch really took (fewer when interrupted)
-
-        def step_end(pipeline, step, timestep, kwargs, _base=batch_index * config.steps):
-            if not pipeline._interrupt:
-                steps_done[0] = step + 1
+        def on_step(steps_done: int, _base=batch_index * config.steps) -> bool:
             if on_progress:
-                on_progress(_base + step + 1, total_steps)
-            if should_stop and should_stop():
-                pipeline._interrupt = True
-            return kwargs
+                on_progress(_base + steps_done, total_steps)
+            return bool(should_stop and should_stop())
 
         # Hypernetworks set the shared UNet's attention processors: hold its lock meanwhile.
-        with module_lock(pipe.unet), on_device(pipe.vae, model.device), \
+        with torch.no_grad(), module_lock(pipe.unet), on_device(pipe.vae, model.device), \
                 apply_hypernetworks(pipe.unet, hypernetwork_pairs) as applied:
             if batch_index == 0:
                 result.notes += applied.unmatched_messages()
-            output = run_pipe(
-                prompt_embeds=cond,
-                negative_prompt_embeds=uncond,
-                num_inference_steps=config.steps,
-                guidance_scale=config.cfg_scale,
-                height=config.height,
-                width=config.width,
-                latents=latents,
-                generator=generators,
-                callback_on_step_end=step_end,
-            )
-        for image, seed in zip(output.images, seeds):
+            latents, steps_done = denoise(run_pipe, scheduler, latents, config.steps, config.cfg_scale, cond, uncond,
+                                          generators, on_step)
+            images = decode(run_pipe, latents, generators)
+        for image, seed in zip(images, seeds):
             result.images.append(GeneratedImage(image=image, seed=seed,
-                                                infotext=build_infotext(config, seed, model, used, steps_done[0])))
+                                                infotext=build_infotext(config, seed, model, used, steps_done)))
         if should_stop and should_stop():
             result.interrupted = True
             break

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from ti.errors import ConfigError
+from ti.samplers import SCHEDULE_TYPES
 
 PRECISIONS = ("full", "half", "bf16")
 MAX_CLIP_SKIP = 12  # A1111's slider; SD1's text encoder has 12 layers
@@ -40,6 +41,7 @@ class GenerateConfig:
     negative_prompt: str = ""
     steps: int = 20
     sampler: str = "Euler a"
+    schedule_type: str = "Automatic"  # A1111's: Automatic (the sampler's own choice), Uniform, Karras, Exponential
     cfg_scale: float = 7.0
     seed: int = -1  # -1: random
     width: int = 512
@@ -62,6 +64,8 @@ class GenerateConfig:
         if not 1 <= self.batch_size <= 64:
             raise ConfigError("batch size", f"must be between 1 and 64, got {self.batch_size}")
         check_clip_skip(self.clip_skip)
+        if self.schedule_type not in SCHEDULE_TYPES:
+            raise ConfigError("schedule type", f"unknown {self.schedule_type!r}; choose one of: {', '.join(SCHEDULE_TYPES)}")
         if self.seed < -1 or self.seed >= 2**32:
             raise ConfigError("seed", f"must be -1 (random) or 0..4294967295, got {self.seed}")
 

@@ -26,7 +26,7 @@ from ti.infotext import format_infotext, format_ti_hashes
 from ti.locks import module_lock, on_device
 from ti.pipeline import LoadedModel
 from ti.prompt_schedule import merged_schedule, prompt_schedule
-from ti.samplers import make_scheduler, split_sampler_name
+from ti.samplers import infotext_schedule, make_scheduler, split_sampler_name
 from ti.sampling import ConditioningSchedule, decode, denoise
 
 ProgressCallback = Callable[[int, int], None]  # (steps done, steps in all)
@@ -59,11 +59,12 @@ def build_infotext(config: GenerateConfig, seed: int, model: LoadedModel, used: 
                    steps_done: int | None = None) -> str:
     """A1111's infotext. steps_done < config.steps (an interrupted picture) adds
     `Interrupted: at step K of N`, so the file never claims the full step count."""
-    sampler, schedule = split_sampler_name(config.sampler)
+    sampler, implied = split_sampler_name(config.sampler)
+    schedule = implied if implied != "Automatic" else config.schedule_type
     params: dict[str, object] = {
         "Steps": config.steps,
         "Sampler": sampler,
-        "Schedule type": schedule if schedule != "Automatic" else None,
+        "Schedule type": infotext_schedule(sampler, schedule),
         "CFG scale": config.cfg_scale,
         "Seed": seed,
         "Size": f"{config.width}x{config.height}",
@@ -106,7 +107,7 @@ def txt2img(
     hypernetworks act on the whole UNet); the infotext keeps the tags, as A1111's does.
     """
     pipe = model.pipe
-    scheduler = make_scheduler(config.sampler, dict(pipe.scheduler.config))
+    scheduler = make_scheduler(config.sampler, dict(pipe.scheduler.config), config.schedule_type)
     # A fresh pipeline object over the same modules, for its helpers (extra step arguments, image
     # post-processing): the sampler belongs to this call only, so two generations at once don't mix.
     run_pipe = type(pipe)(**{**pipe.components, "scheduler": scheduler},

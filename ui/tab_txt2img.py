@@ -10,7 +10,7 @@ from ti.conditioning import PromptEncoder
 from ti.config import GenerateConfig
 from ti.generate import save_generated, txt2img, with_default_hypernetwork
 from ti.hypernetwork import parse_hypernet_tags
-from ti.samplers import sampler_names
+from ti.samplers import SCHEDULE_TYPES, sampler_names
 from ui.errors import user_error
 from ui.jobs import SessionStops, session_of
 from ui.services import AppServices
@@ -60,7 +60,12 @@ def build_txt2img_tab(services: AppServices) -> dict[str, gr.components.Componen
             interrupt = gr.Button("Interrupt", elem_id="txt2img_interrupt")
     with gr.Row():
         with gr.Column():
-            sampler = gr.Dropdown(label="Sampling method", choices=sampler_names(), value="Euler a", elem_id="txt2img_sampler")
+            with gr.Row():
+                sampler = gr.Dropdown(label="Sampling method", choices=sampler_names(), value="Euler a",
+                                      elem_id="txt2img_sampler")
+                schedule_type = gr.Dropdown(label="Schedule type", choices=list(SCHEDULE_TYPES), value="Automatic",
+                                            elem_id="txt2img_scheduler",
+                                            info="Automatic: A1111's choice (Karras for DPM++ 2M, DPM++ SDE, DPM2)")
             steps = gr.Slider(label="Sampling steps", minimum=1, maximum=150, step=1, value=20, elem_id="txt2img_steps")
             with gr.Row():
                 width = gr.Slider(label="Width", minimum=64, maximum=2048, step=8, value=512, elem_id="txt2img_width")
@@ -90,7 +95,8 @@ def build_txt2img_tab(services: AppServices) -> dict[str, gr.components.Componen
         return embeddings_table(services)
 
     def on_generate(prompt_text, negative_text, sampler_name, steps_value, cfg_value, seed_value, width_value,
-                    height_value, count_value, size_value, hypernetwork_name, clip_skip_value=1, progress=gr.Progress(),
+                    height_value, count_value, size_value, hypernetwork_name, clip_skip_value=1, schedule_value="Automatic",
+                    progress=gr.Progress(),
                     request: gr.Request = None):
         session = session_of(request)
         stop = stops.start(session)
@@ -101,6 +107,7 @@ def build_txt2img_tab(services: AppServices) -> dict[str, gr.components.Componen
                 sampler=sampler_name, cfg_scale=float(cfg_value), seed=int(seed_value if seed_value is not None else -1),
                 width=int(width_value), height=int(height_value), batch_count=int(count_value), batch_size=int(size_value),
                 clip_skip=int(clip_skip_value if clip_skip_value is not None else 1),
+                schedule_type=schedule_value or "Automatic",
             )
             snapshot = services.library.refresh()
             with services.using_model() as model:  # a model switch waits for this picture
@@ -130,7 +137,8 @@ def build_txt2img_tab(services: AppServices) -> dict[str, gr.components.Componen
     hn_refresh.click(lambda: gr.update(choices=["None"] + services.hypernetwork_names()), outputs=[default_hn])
     generate.click(
         on_generate,
-        inputs=[prompt, negative, sampler, steps, cfg, seed, width, height, batch_count, batch_size, default_hn, clip_skip],
+        inputs=[prompt, negative, sampler, steps, cfg, seed, width, height, batch_count, batch_size, default_hn, clip_skip,
+                schedule_type],
         outputs=[gallery, infotext, used, embeddings_md],
     )
     def on_interrupt_generation(request: gr.Request = None):
@@ -138,4 +146,5 @@ def build_txt2img_tab(services: AppServices) -> dict[str, gr.components.Componen
 
     interrupt.click(on_interrupt_generation)
     return {"prompt": prompt, "negative": negative, "generate": generate, "gallery": gallery, "infotext": infotext,
-            "clip_skip": clip_skip}
+            "clip_skip": clip_skip, "schedule_type": schedule_type, "sampler": sampler, "steps": steps, "cfg": cfg,
+            "seed": seed, "width": width, "height": height}

@@ -18,6 +18,9 @@ def register(subparsers) -> None:
     parser.add_argument("--negative", default="", help="negative prompt")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--sampler", default="Euler a")
+    parser.add_argument("--schedule-type", default="Automatic", choices=["Automatic", "Uniform", "Karras", "Exponential"],
+                        help="A1111's: Automatic = the sampler's choice (Karras for DPM++ 2M, DPM++ SDE, DPM2, DPM2 a; "
+                             "exponential for DPM++ 2M SDE)")
     parser.add_argument("--cfg", type=float, default=7.0)
     parser.add_argument("--seed", type=int, default=-1)
     parser.add_argument("--clip-skip", type=int, default=1, help="A1111's Clip skip: 1 = the last CLIP layer, 2 = the penultimate (anime models); ignored on SD 2.x")
@@ -42,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     width, height = parse_size(args.size)
     config = GenerateConfig(prompt=with_default_hypernetwork(args.prompt, args.hypernetwork), negative_prompt=args.negative, steps=args.steps, sampler=args.sampler,
                             cfg_scale=args.cfg, seed=args.seed, width=width, height=height,
-                            batch_count=args.batch_count, batch_size=args.batch_size, clip_skip=args.clip_skip)
+                            batch_count=args.batch_count, batch_size=args.batch_size, clip_skip=args.clip_skip,
+                            schedule_type=args.schedule_type)
     if args.out and config.batch_count * config.batch_size != 1:
         raise ConfigError("--out", "names one file; use --outputs-dir for several images")
     from ti.samplers import sampler_names

@@ -206,3 +206,10 @@ class EmbeddingLibrary:
 
     def vectors_by_name(self) -> dict[str, torch.Tensor]:
         return {name: emb.vectors for name, emb in self.snapshot.embeddings.items()}
+
+
+def usable_embeddings(folder: Path | str | None, width: int) -> dict[str, Embedding]:
+    """The embeddings of `folder` a model of text width `width` can use, by name ({} without a folder)."""
+    if not folder or not Path(folder).is_dir():
+        return {}
+    return dict(EmbeddingLibrary(Path(folder), expected_width=width).refresh().embeddings)

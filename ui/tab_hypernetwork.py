@@ -98,7 +98,9 @@ def build_hypernetwork_tab(services: AppServices) -> dict[str, gr.components.Com
 
     def on_train_hypernetwork(*values):
         try:
-            config = build_train_config(dict(zip(train_fields, values)), services.paths.templates_dir, HYPERNETWORK_FORM,
+            # The library's embeddings work in the training prompts and previews, as in generation.
+            values = {**dict(zip(train_fields, values)), "embeddings_dir": str(services.paths.embeddings_dir)}
+            config = build_train_config(values, services.paths.templates_dir, HYPERNETWORK_FORM,
                                         log_root=services.paths.log_dir,
                                         data_root=services.paths.data_root)
             work = training_work(train_hypernetwork, services.using_model, config, services.paths.hypernetwork_dir)

@@ -147,6 +147,7 @@ def build_train_config(values: dict, templates_dir: Path, form: TrainForm = EMBE
             filewords_join=values.get("filewords_join") if values.get("filewords_join") is not None else " ",
             seed=_int(values.get("seed")),
             clip_skip=_int(values.get("clip_skip"), 1),
+            embeddings_dir=str(values.get("embeddings_dir") or ""),
             unload_vae=bool(values.get("unload_vae")),
             mixed_precision=mixed_precision_value(values.get("mixed_precision")),
             gradient_checkpointing=bool(values.get("gradient_checkpointing")),

@@ -25,8 +25,9 @@ from ui.train_form import (
 from ui.train_widgets import build_training_options
 
 SPEED_FIELDS = ("mixed_precision", "gradient_checkpointing", "channels_last", "compile_unet")
-# Config fields a form does not show: the tab adds the name; the templates folder is the app's.
-NOT_IN_OPTIONS = {"name", "templates_dir", "extra", "preview_width", "preview_height"}
+# Config fields a form does not show: the tab adds the name; the templates and embeddings folders
+# are the app's (--templates-dir, --embeddings-dir).
+NOT_IN_OPTIONS = {"name", "templates_dir", "embeddings_dir", "extra", "preview_width", "preview_height"}
 
 
 @pytest.fixture

@@ -85,7 +85,7 @@ def config_from_args(args: argparse.Namespace, config_class=None):
         preview_width=preview_width, preview_height=preview_height, shuffle_tags=args.shuffle_tags,
         tag_dropout=args.tag_dropout, latent_sampling=args.latent_sampling, alpha_weight=args.alpha_weight,
         flip=args.flip, filewords_regex=args.filewords_regex, filewords_join=args.filewords_join, seed=args.seed,
-        clip_skip=args.clip_skip, unload_vae=args.unload_vae, mixed_precision=args.mixed_precision,
+        clip_skip=args.clip_skip, embeddings_dir=getattr(args, "embeddings_dir", "") or "", unload_vae=args.unload_vae, mixed_precision=args.mixed_precision,
         gradient_checkpointing=args.gradient_checkpointing, channels_last=args.channels_last, compile_unet=args.compile,
     )
 

@@ -84,6 +84,9 @@ class TrainConfig:
                                       "expression finds (empty: the whole name).")
     filewords_join: str = option(" ", "What goes between the words filewords_regex found.")
     seed: int = option(0, "Fixes the batch order, noise, timesteps, template lines and tag shuffles.")
+    embeddings_dir: str = option("", "Embeddings the training prompts, captions and previews may use by name, as "
+                                     "generation does: a folder. Empty: for an embedding run, the trained "
+                                     "embedding's own folder; for a hypernetwork run, none.")
     clip_skip: int = option(1, "A1111's Clip skip for the training prompts and the previews: 1 = the text "
                                "encoder's last layer, 2 = the penultimate (what anime models are trained and "
                                "prompted with). Ignored on SD 2.x, as in A1111.")

@@ -17,6 +17,7 @@ from torch import nn
 from ti.conditioning import PromptEncoder, effective_clip_skip
 from ti.embedding import Embedding
 from ti.errors import TrainingError
+from ti.library import usable_embeddings
 from ti.pipeline import LoadedModel
 from ti.templates import NAME_PLACEHOLDER
 from ti.train.checkpoint import load_resume_state, load_start_embedding, save_checkpoint
@@ -39,7 +40,13 @@ class EmbeddingTarget(TrainingTarget):
         self.start = load_start_embedding(self.path, model.text_width)
         self.start_step = self.start.step or 0
         self.vectors = nn.Parameter(self.start.vectors.to(device=model.device, dtype=torch.float32).clone())
-        self.prompt_encoder = PromptEncoder(model.tokenizer, model.text_encoder, {config.name: self.vectors},
+        # The other embeddings of the library work in prompts and previews as in generation; the
+        # trained vectors stand for this name (not its file's old ones).
+        library = usable_embeddings(config.embeddings_dir or embeddings_dir, model.text_width)
+        self.library = {name: embedding for name, embedding in library.items() if name != config.name}
+        self.prompt_encoder = PromptEncoder(model.tokenizer, model.text_encoder,
+                                            {**{n: e.vectors for n, e in self.library.items()},
+                                             config.name: self.vectors},
                                             clip_skip=effective_clip_skip(model, config.clip_skip)[0])
 
     def check(self, template_lines: list[str], template_path: Path) -> None:
@@ -83,7 +90,7 @@ class EmbeddingTarget(TrainingTarget):
         step = snapshot.step
         image_embedding = log_dir.image_embedding(step) if self.config.png_embedding else None
         return write_preview(self.model, self.name, snapshot, self.config, prompt, log_dir.preview(step),
-                             image_embedding).preview
+                             image_embedding, self.library).preview
 
     def save_final(self, step: int, optimizer: torch.optim.Optimizer, seed: int, grad_scaler_state: dict | None) -> Path:
         embedding = replace(snapshot_embedding(self.name, self.vectors, step, self.model), sha256=None)

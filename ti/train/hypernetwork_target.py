@@ -32,6 +32,7 @@ from ti.config import GenerateConfig
 from ti.errors import BadEmbeddingFile, ConfigError, TrainingError
 from ti.generate import save_png_with_infotext, txt2img
 from ti.hypernetwork import Hypernetwork, apply_hypernetworks, attention_widths, load_hypernetwork_file, parse_hypernet_tags
+from ti.library import usable_embeddings
 from ti.locks import module_lock
 from ti.pipeline import LoadedModel
 from ti.train.checkpoint import load_hypernetwork_resume_state, optimizer_path, save_hypernetwork_checkpoint
@@ -61,7 +62,10 @@ class HypernetworkTarget(TrainingTarget):
         self.hypernetwork.to(device=model.device)
         self.start_step = self.hypernetwork.step
         self.last_good: tuple[int, Path] = (self.start_step, self.path)  # where roll_back goes
-        self.prompt_encoder = PromptEncoder(model.tokenizer, model.text_encoder, {},
+        # Embeddings of a library folder work in the training prompts and previews, by name.
+        self.library = usable_embeddings(config.embeddings_dir, model.text_width)
+        self.prompt_encoder = PromptEncoder(model.tokenizer, model.text_encoder,
+                                            {n: e.vectors for n, e in self.library.items()},
                                             clip_skip=effective_clip_skip(model, config.clip_skip)[0])
         self.has_dropout = any(isinstance(module, nn.Dropout) for module in self.hypernetwork.modules())
         self._encode_on_cpu = bool(config.unload_vae)
@@ -145,7 +149,8 @@ class HypernetworkTarget(TrainingTarget):
                                          cfg_scale=config.preview_cfg, seed=config.preview_seed, width=width, height=height,
                                          clip_skip=config.clip_skip)
         self.hypernetwork.eval()
-        generated = txt2img(self.model, {}, generate_config, hypernetworks=_JustThis(self.hypernetwork)).images[0]
+        generated = txt2img(self.model, self.library, generate_config,
+                            hypernetworks=_JustThis(self.hypernetwork)).images[0]
         return save_png_with_infotext(generated.image, generated.infotext, log_dir.preview(snapshot))
 
     def save_final(self, step: int, optimizer: torch.optim.Optimizer, seed: int, grad_scaler_state: dict | None) -> Path:

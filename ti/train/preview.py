@@ -45,14 +45,16 @@ def snapshot_embedding(name: str, vectors: torch.Tensor, step: int, model: Loade
     return embedding
 
 
-def render_preview(model: LoadedModel, name: str, embedding: Embedding, config: TrainConfig, prompt: str):
-    """txt2img of the preview prompt, `name` in it standing for this embedding; returns the GeneratedImage."""
+def render_preview(model: LoadedModel, name: str, embedding: Embedding, config: TrainConfig, prompt: str,
+                   library: dict[str, Embedding] | None = None):
+    """txt2img of the preview prompt, `name` in it standing for this embedding and the library's
+    other embeddings usable by name as in generation; returns the GeneratedImage."""
     width, height = config.preview_size()
     generate_config = GenerateConfig(prompt=prompt, negative_prompt=config.preview_negative_prompt,
                                      steps=config.preview_steps, sampler=config.preview_sampler,
                                      cfg_scale=config.preview_cfg, seed=config.preview_seed, width=width, height=height,
                                      clip_skip=config.clip_skip)
-    return txt2img(model, {name: embedding}, generate_config).images[0]
+    return txt2img(model, {**(library or {}), name: embedding}, generate_config).images[0]
 
 
 def caption_image(picture: Image.Image, embedding: Embedding, model_name: str) -> Image.Image:
@@ -76,7 +78,8 @@ def caption_image(picture: Image.Image, embedding: Embedding, model_name: str) -
 
 
 def write_preview(model: LoadedModel, name: str, embedding: Embedding, config: TrainConfig, prompt: str,
-                  preview_path: Path, image_embedding_path: Path | None) -> PreviewFiles:
+                  preview_path: Path, image_embedding_path: Path | None,
+                  library: dict[str, Embedding] | None = None) -> PreviewFiles:
     """Render and save the preview (and, when asked, the image embedding made from it).
 
     Args:
@@ -84,7 +87,7 @@ def write_preview(model: LoadedModel, name: str, embedding: Embedding, config: T
         embedding: the snapshot to preview and to store; its own name (`<name>-<step>`, as in
             A1111) is what the image embedding loads as, so it never shadows the trained file.
     """
-    generated = render_preview(model, name, embedding, config, prompt)
+    generated = render_preview(model, name, embedding, config, prompt, library)
     save_png_with_infotext(generated.image, generated.infotext, preview_path)
     if image_embedding_path is None:
         return PreviewFiles(preview_path, None)

@@ -28,9 +28,11 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from ti.errors import ConfigError
+from ti.samplers import SCHEDULE_TYPES
 
 NEGATIVE_PROMPT_PREFIX = "Negative prompt:"
 PARAMETER_PATTERN = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
@@ -256,3 +258,59 @@ def sampler_and_schedule(params: Mapping[str, str]) -> tuple[str | None, str]:
             if sampler.endswith(suffix) and len(sampler) > len(suffix):
                 return sampler[: -len(suffix)].strip(), label
     return sampler, AUTOMATIC_SCHEDULE
+
+
+@dataclass
+class PastedParameters:
+    """What an infotext sets in the txt2img form (A1111's "read generation parameters").
+
+    fields: GenerateConfig field -> value, only for what the text gives (plus A1111's defaults
+        for Clip skip and Schedule type, which a missing key means).
+    unknown: the keys not applied (Model, Hires upscale, …), as written, to show the user.
+    problems: values that could not be read; their keys are in unknown too.
+    """
+
+    fields: dict[str, object] = field(default_factory=dict)
+    unknown: dict[str, str] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+def read_generation_parameters(text: str, known_samplers: Sequence[str] = ()) -> PastedParameters:
+    """An infotext -> the txt2img fields it sets (pure; the UI fills its widgets from it).
+
+    known_samplers: the sampler names on offer; another sampler is a problem, not applied.
+    """
+    prompt, negative, params = parse_infotext(text)
+    pasted = PastedParameters(fields={"prompt": prompt, "negative_prompt": negative,
+                                      "clip_skip": 1, "schedule_type": AUTOMATIC_SCHEDULE})
+    readers = {"Steps": ("steps", int), "CFG scale": ("cfg_scale", float), "Seed": ("seed", int),
+               "Clip skip": ("clip_skip", int)}
+    for key, value in params.items():
+        if key in readers:
+            name, convert = readers[key]
+            try:
+                pasted.fields[name] = convert(value)
+            except ValueError:
+                pasted.problems.append(f"{key}: {value!r} is not a number")
+                pasted.unknown[key] = value
+        elif key == "Size":
+            try:
+                pasted.fields["width"], pasted.fields["height"] = parse_size(value)
+            except ConfigError as error:
+                pasted.problems.append(str(error))
+                pasted.unknown[key] = value
+        elif key not in ("Sampler", "Schedule type"):
+            pasted.unknown[key] = value
+    sampler, schedule_type = sampler_and_schedule(params)
+    if sampler is not None:
+        if known_samplers and sampler not in known_samplers:
+            pasted.problems.append(f"Sampler: {sampler!r} is not one of ours")
+            pasted.unknown["Sampler"] = params["Sampler"]
+        else:
+            pasted.fields["sampler"] = sampler
+    if schedule_type in SCHEDULE_TYPES:
+        pasted.fields["schedule_type"] = schedule_type
+    else:
+        pasted.problems.append(f"Schedule type: {schedule_type!r} is not one of ours ({', '.join(SCHEDULE_TYPES)})")
+        pasted.unknown["Schedule type"] = schedule_type
+    return pasted

@@ -5,11 +5,13 @@ from __future__ import annotations
 import html
 
 import gradio as gr
+from PIL import Image
 
 from ti.conditioning import PromptEncoder
 from ti.config import GenerateConfig
 from ti.generate import save_generated, txt2img, with_default_hypernetwork
 from ti.hypernetwork import parse_hypernet_tags
+from ti.infotext import read_generation_parameters
 from ti.samplers import SCHEDULE_TYPES, sampler_names
 from ui.errors import user_error
 from ui.jobs import SessionStops, session_of
@@ -27,6 +29,34 @@ def token_counter_text(services: AppServices, prompt: str) -> str:
         return f"⚠ {exc}"
     limit = max(1, len(parsed.chunks)) * 75
     return f"{parsed.token_count}/{limit}"
+
+
+# The txt2img widgets an infotext fills, by GenerateConfig field, in the callback's output order.
+PASTED_FIELDS = ("prompt", "negative_prompt", "sampler", "schedule_type", "steps", "cfg_scale", "seed", "width",
+                 "height", "clip_skip")
+
+
+def infotext_of_image(path: str) -> str:
+    """A PNG's `parameters` text chunk ("" when it has none)."""
+    with Image.open(path) as picture:
+        return str(picture.info.get("parameters") or "")
+
+
+def pasted_updates(text: str | None, image_path: str | None) -> list:
+    """A1111's "read generation parameters": one gr.update per PASTED_FIELDS widget (left alone
+    when the infotext does not say), then a note listing the keys not applied and any problems."""
+    source = (text or "").strip() or (infotext_of_image(image_path) if image_path else "")
+    if not source:
+        return [gr.update() for _ in PASTED_FIELDS] + ["Nothing to read: paste an infotext or drop a PNG made by A1111 "
+                                                       "or ti-studio."]
+    pasted = read_generation_parameters(source, sampler_names())
+    updates = [gr.update(value=pasted.fields[name]) if name in pasted.fields else gr.update()
+               for name in PASTED_FIELDS]
+    lines = [f"⚠ {html.escape(problem)}" for problem in pasted.problems]
+    if pasted.unknown:
+        lines.append("Not applied (kept as written): "
+                     + ", ".join(f"`{html.escape(key)}: {html.escape(value)}`" for key, value in pasted.unknown.items()))
+    return updates + ["\n\n".join(lines) or "All parameters applied."]
 
 
 def embeddings_table(services: AppServices) -> str:
@@ -58,6 +88,15 @@ def build_txt2img_tab(services: AppServices) -> dict[str, gr.components.Componen
         with gr.Column(scale=1):
             generate = gr.Button("Generate", variant="primary", elem_id="txt2img_generate")
             interrupt = gr.Button("Interrupt", elem_id="txt2img_interrupt")
+    with gr.Accordion("Read generation parameters (paste an infotext or drop a PNG)", open=False,
+                      elem_id="txt2img_paste"):
+        with gr.Row():
+            pasted_text = gr.Textbox(label="Infotext", lines=3, elem_id="txt2img_paste_text",
+                                     placeholder="a photo of …\nNegative prompt: …\nSteps: 20, Sampler: Euler a, …")
+            pasted_image = gr.Image(label="PNG with parameters", type="filepath", elem_id="txt2img_paste_image",
+                                    height=160)
+        read_parameters = gr.Button("Read into the fields", elem_id="txt2img_paste_read")
+        pasted_notes = gr.Markdown("", elem_id="txt2img_paste_notes")
     with gr.Row():
         with gr.Column():
             with gr.Row():
@@ -131,6 +170,12 @@ def build_txt2img_tab(services: AppServices) -> dict[str, gr.components.Componen
         first = result.images[0].infotext if result.images else ""
         return items, first, used_text, embeddings_table(services)
 
+    def on_read_parameters(text, image_path):
+        return pasted_updates(text, image_path)
+
+    read_parameters.click(on_read_parameters, inputs=[pasted_text, pasted_image],
+                          outputs=[prompt, negative, sampler, schedule_type, steps, cfg, seed, width, height, clip_skip,
+                                   pasted_notes])
     prompt.change(lambda text: token_counter_text(services, text), inputs=[prompt], outputs=[prompt_tokens])
     negative.change(lambda text: token_counter_text(services, text), inputs=[negative], outputs=[negative_tokens])
     refresh.click(on_refresh, outputs=[embeddings_md])

@@ -46,3 +46,25 @@ def test_generate_with_embedding_dropped_in_while_running(page, studio):
     saved = list((folders["outputs"] / "txt2img-images").rglob("*-1234.png"))
     assert len(saved) == 1
     assert saved[0].name[:5].isdigit() and saved[0].parent.name == dt.date.today().isoformat()
+
+
+def test_an_a1111_infotext_pasted_in_gives_the_same_parameters_back(page, studio):
+    """Read generation parameters: the fields fill from an A1111 infotext, and the picture made
+    from them says the same (prompt editing, Karras from the schedule type, Clip skip 2)."""
+    url, _ = studio
+    page.goto(url)
+    page.locator("#txt2img_paste").click()  # open the accordion
+    page.locator("#txt2img_paste_text textarea").fill(
+        "a [red:blue:0.5] tree\nNegative prompt: blurry\nSteps: 3, Sampler: DPM++ 2M, Schedule type: Karras, "
+        "CFG scale: 6.5, Seed: 4321, Size: 64x64, Model hash: 7f96a1a9ca, Clip skip: 2, Hires upscale: 2")
+    page.locator("#txt2img_paste_read").click()
+    page.wait_for_function("document.querySelector('#txt2img_paste_notes').innerText.includes('Hires upscale')")
+    assert page.locator("#txt2img_prompt textarea").input_value() == "a [red:blue:0.5] tree"
+    page.locator("#txt2img_generate").click()
+    page.wait_for_function("document.querySelector('#txt2img_infotext textarea').value.includes('Seed: 4321')",
+                           timeout=90_000)
+    infotext = page.locator("#txt2img_infotext textarea").input_value()
+    assert infotext.startswith("a [red:blue:0.5] tree\nNegative prompt: blurry\n")
+    for part in ("Steps: 3", "Sampler: DPM++ 2M", "Schedule type: Karras", "CFG scale: 6.5", "Size: 64x64",
+                 "Clip skip: 2"):
+        assert part in infotext

@@ -24,8 +24,9 @@ def register(subparsers) -> None:
 def register_create(subparsers) -> None:
     parser = subparsers.add_parser("create-hypernetwork", help="create a hypernetwork to train")
     parser.add_argument("name", help="file name without .pt (letters, digits, '._- ')")
-    parser.add_argument("--sizes", default=DEFAULT_SIZES,
-                        help=f"context widths to make module pairs for (default {DEFAULT_SIZES}: SD1 text + self-attention; 1024 for SD2 text)")
+    parser.add_argument("--sizes", default=None,
+                        help=f"context widths to make module pairs for (default: every attention width of --model; "
+                             f"without --model {DEFAULT_SIZES}: SD1 text + self-attention; 1024 for SD2 text)")
     parser.add_argument("--layers", default="1,2,1", help="layer structure: width multipliers, starting and ending with 1 (default 1,2,1)")
     parser.add_argument("--activation", default="linear", help="linear, relu, leakyrelu, elu, swish (= Hardswish, as A1111), tanh, sigmoid, or any torch activation lower-cased")
     parser.add_argument("--init", default="Normal", help="weight initialization: Normal, KaimingUniform, KaimingNormal, XavierUniform, XavierNormal")
@@ -36,6 +37,11 @@ def register_create(subparsers) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing file of that name")
     parser.add_argument("--hypernetwork-dir", default="models/hypernetworks", help="folder of hypernetworks (default models/hypernetworks)")
     parser.add_argument("--seed", type=int, default=None, help="seed for the initial weights (default random)")
+    parser.add_argument("--model", default=None, help="the model it is for: its attention widths become the default "
+                        "--sizes (diffusers folder, .safetensors/.ckpt file, or 'demo')")
+    parser.add_argument("--model-config", default=None, help="local diffusers folder with configs for a single-file checkpoint")
+    parser.add_argument("--device", default=None, help="where --model loads (default: cuda when present)")
+    parser.add_argument("--precision", choices=["full", "half", "bf16"], default=None, help="--model's weights precision")
     parser.set_defaults(func=run_create)
 
 
@@ -51,6 +57,17 @@ def _dropout_structure(args: argparse.Namespace, layer_structure: list[float]) -
     return parse_dropout_structure(args.dropout_structure, layer_structure, "--dropout-structure")
 
 
+def _model_sizes(args: argparse.Namespace) -> list[int]:
+    """Every attention context width of --model (text and self-attention), as the web UI offers."""
+    from ti.config import ModelConfig
+    from ti.hypernetwork import attention_widths
+    from ti.pipeline import load_model
+
+    model = load_model(ModelConfig(model=args.model, model_config=args.model_config, device=args.device,
+                                   precision=args.precision))
+    return attention_widths(model.pipe.unet)
+
+
 def run_create(args: argparse.Namespace) -> int:
     from ti.hypernetwork import HypernetworkStructure, create_hypernetwork, parse_number_list, parse_sizes
 
@@ -63,7 +80,7 @@ def run_create(args: argparse.Namespace) -> int:
         use_dropout=args.dropout,
         dropout_structure=_dropout_structure(args, layer_structure),
     )
-    sizes = parse_sizes(args.sizes)
+    sizes = parse_sizes(args.sizes) if args.sizes else _model_sizes(args) if args.model else parse_sizes(DEFAULT_SIZES)
     path = create_hypernetwork(args.name, Path(args.hypernetwork_dir), sizes, structure, overwrite=args.overwrite, seed=args.seed)
     layers = ", ".join(f"{value:g}" for value in structure.layer_structure)
     print(f"created {path} (widths {', '.join(map(str, sizes))}; layers {layers}; {structure.activation}; {structure.weight_init})")

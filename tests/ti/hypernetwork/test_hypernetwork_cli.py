@@ -55,3 +55,17 @@ def test_create_hypernetwork_refuses_to_overwrite(tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
     assert main(["create-hypernetwork", "x", "--hypernetwork-dir", str(tmp_path), "--sizes", "16", "--overwrite"]) == 0
     assert [key for key in torch.load(tmp_path / "x.pt", weights_only=True) if isinstance(key, int)] == [16]
+
+
+def test_with_a_model_the_default_sizes_are_its_attention_widths_and_a_seed_repeats_the_weights(tmp_path):
+    from ti.demo import build_demo_pipeline
+    from ti.hypernetwork import attention_widths, load_hypernetwork_file
+
+    for folder in ("a", "b"):
+        assert main(["create-hypernetwork", "hn", "--model", "demo", "--seed", "5", "--device", "cpu",
+                     "--hypernetwork-dir", str(tmp_path / folder)]) == 0
+    first, second = (load_hypernetwork_file(tmp_path / folder / "hn.pt") for folder in ("a", "b"))
+    assert sorted(first.sizes) == sorted(attention_widths(build_demo_pipeline().unet))
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+    assert main(["create-hypernetwork", "plain", "--hypernetwork-dir", str(tmp_path / "c")]) == 0
+    assert sorted(load_hypernetwork_file(tmp_path / "c" / "plain.pt").sizes) == [320, 640, 768, 1280]

@@ -47,3 +47,27 @@ def test_generate_without_a_model_says_it_uses_the_demo_model(tmp_path):
                     cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "generating with the demo model" in result.stderr
+
+
+def test_generate_takes_its_parameters_from_an_infotext_and_flags_override_it(tmp_path, capsys):
+    from PIL import Image
+
+    from ti.cli import main
+    from ti.generate import save_png_with_infotext
+    from ti.infotext import parse_infotext
+
+    source = save_png_with_infotext(Image.new("RGB", (8, 8)), (
+        "a [red:blue:0.5] tree\nNegative prompt: blurry\nSteps: 3, Sampler: DPM++ 2M, Schedule type: Karras, "
+        "CFG scale: 6.5, Seed: 77, Size: 64x64, Model: anything-v5, Clip skip: 2"), tmp_path / "a1111.png")
+    out = tmp_path / "again.png"
+    assert main(["generate", "--infotext", str(source), "--steps", "2", "--model", "demo", "--out", str(out),
+                 "--embeddings-dir", str(tmp_path)]) == 0
+    assert "not applied: Model: anything-v5" in capsys.readouterr().err
+    with Image.open(out) as picture:
+        prompt, negative, params = parse_infotext(picture.info["parameters"])
+    assert (prompt, negative) == ("a [red:blue:0.5] tree", "blurry")
+    assert {key: params[key] for key in ("Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size",
+                                         "Clip skip")} == {
+        "Steps": "2", "Sampler": "DPM++ 2M", "Schedule type": "Karras", "CFG scale": "6.5", "Seed": "77",
+        "Size": "64x64", "Clip skip": "2"}
+    assert main(["generate", "--model", "demo", "--out", str(out)]) == 2  # no prompt, no infotext

@@ -14,17 +14,22 @@ def register(subparsers) -> None:
     from ti.cli import add_model_flags
 
     parser = subparsers.add_parser("generate", help="txt2img with the embeddings in --embeddings-dir")
-    parser.add_argument("prompt")
-    parser.add_argument("--negative", default="", help="negative prompt")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--sampler", default="Euler a")
-    parser.add_argument("--schedule-type", default="Automatic", choices=["Automatic", "Uniform", "Karras", "Exponential"],
-                        help="A1111's: Automatic = the sampler's choice (Karras for DPM++ 2M, DPM++ SDE, DPM2, DPM2 a; "
-                             "exponential for DPM++ 2M SDE)")
-    parser.add_argument("--cfg", type=float, default=7.0)
-    parser.add_argument("--seed", type=int, default=-1)
-    parser.add_argument("--clip-skip", type=int, default=1, help="A1111's Clip skip: 1 = the last CLIP layer, 2 = the penultimate (anime models); ignored on SD 2.x")
-    parser.add_argument("--size", default="512x512", help="WxH")
+    parser.add_argument("prompt", nargs="?", default=None, help="the prompt (may come from --infotext instead)")
+    parser.add_argument("--infotext", default=None, metavar="FILE",
+                        help="take prompt, negative prompt, steps, sampler, schedule type, CFG scale, seed, size and "
+                             "Clip skip from an infotext: a PNG (A1111's or ours) or a text file; flags given override it")
+    # Defaults are None so that a flag given wins over --infotext, and --infotext over the default.
+    parser.add_argument("--negative", default=None, help="negative prompt")
+    parser.add_argument("--steps", type=int, default=None, help="default 20")
+    parser.add_argument("--sampler", default=None, help='default "Euler a"')
+    parser.add_argument("--schedule-type", default=None, choices=["Automatic", "Uniform", "Karras", "Exponential"],
+                        help="A1111's: Automatic (default) = the sampler's choice (Karras for DPM++ 2M, DPM++ SDE, DPM2, "
+                             "DPM2 a; exponential for DPM++ 2M SDE)")
+    parser.add_argument("--cfg", type=float, default=None, help="default 7")
+    parser.add_argument("--seed", type=int, default=None, help="default -1 (random)")
+    parser.add_argument("--clip-skip", type=int, default=None, help="A1111's Clip skip: 1 (default) = the last CLIP layer, "
+                        "2 = the penultimate (anime models); ignored on SD 2.x")
+    parser.add_argument("--size", default=None, help="WxH (default 512x512)")
     parser.add_argument("--batch-count", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--out", default=None, help="PNG file to write (one image); default: outputs/txt2img-images/<date>/")
@@ -35,6 +40,52 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+DEFAULTS = {"negative_prompt": "", "steps": 20, "sampler": "Euler a", "schedule_type": "Automatic", "cfg_scale": 7.0,
+            "seed": -1, "clip_skip": 1, "width": 512, "height": 512}
+
+
+def generation_fields(args: argparse.Namespace) -> dict:
+    """GenerateConfig fields: each flag given, else the --infotext's value, else A1111's default.
+
+    Raises:
+        ConfigError: no prompt at all, or an --infotext that cannot be read.
+    """
+    from ti.infotext import read_generation_parameters
+    from ti.samplers import sampler_names
+
+    fields = dict(DEFAULTS)
+    if args.infotext:
+        pasted = read_generation_parameters(_infotext_from(Path(args.infotext)), sampler_names())
+        fields.update(pasted.fields)
+        for problem in pasted.problems:
+            print(f"note: --infotext: {problem}", file=sys.stderr)
+        if pasted.unknown:
+            print("note: --infotext: not applied: " + ", ".join(f"{k}: {v}" for k, v in pasted.unknown.items()),
+                  file=sys.stderr)
+    given = {"prompt": args.prompt, "negative_prompt": args.negative, "steps": args.steps, "sampler": args.sampler,
+             "schedule_type": args.schedule_type, "cfg_scale": args.cfg, "seed": args.seed, "clip_skip": args.clip_skip}
+    if args.size is not None:
+        given["width"], given["height"] = parse_size(args.size)
+    fields.update({name: value for name, value in given.items() if value is not None})
+    if not fields.get("prompt"):
+        raise ConfigError("prompt", "none given: write one, or take it from an image with --infotext FILE")
+    return fields
+
+
+def _infotext_from(path: Path) -> str:
+    if not path.is_file():
+        raise ConfigError("--infotext", f"{path} is not a file")
+    if path.suffix.lower() in (".png", ".webp", ".jpg", ".jpeg"):
+        from PIL import Image
+
+        with Image.open(path) as picture:
+            text = str(picture.info.get("parameters") or "")
+        if not text:
+            raise ConfigError("--infotext", f"{path} holds no generation parameters (no 'parameters' text chunk)")
+        return text
+    return path.read_text(encoding="utf-8", errors="replace")
+
+
 def run(args: argparse.Namespace) -> int:
     from ti.config import GenerateConfig, ModelConfig
     from ti.generate import save_generated, save_png_with_infotext, txt2img, with_default_hypernetwork
@@ -42,11 +93,9 @@ def run(args: argparse.Namespace) -> int:
     from ti.library import EmbeddingLibrary
     from ti.pipeline import default_model_source, load_model
 
-    width, height = parse_size(args.size)
-    config = GenerateConfig(prompt=with_default_hypernetwork(args.prompt, args.hypernetwork), negative_prompt=args.negative, steps=args.steps, sampler=args.sampler,
-                            cfg_scale=args.cfg, seed=args.seed, width=width, height=height,
-                            batch_count=args.batch_count, batch_size=args.batch_size, clip_skip=args.clip_skip,
-                            schedule_type=args.schedule_type)
+    fields = generation_fields(args)
+    fields["prompt"] = with_default_hypernetwork(fields["prompt"], args.hypernetwork)
+    config = GenerateConfig(**fields, batch_count=args.batch_count, batch_size=args.batch_size)
     if args.out and config.batch_count * config.batch_size != 1:
         raise ConfigError("--out", "names one file; use --outputs-dir for several images")
     from ti.samplers import sampler_names

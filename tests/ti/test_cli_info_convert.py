@@ -154,3 +154,38 @@ def test_command_line_in_subprocesses(real_files_dir, tmp_path):
     assert err.startswith(f"error: {hostile}: refused: it names posix.system") or "names nt.system" in err
     assert "Traceback" not in err and err.count("\n") == 1
     assert not marker.exists()
+
+
+def test_info_finds_a_bare_name_in_the_folders_and_says_whether_it_fits_a_model(tmp_path, capsys):
+    import json
+
+    import torch
+
+    from ti.cli import main
+    from ti.embedding import Embedding
+    from ti.formats import save_embedding_file
+
+    embeddings, hypernetworks = tmp_path / "embeddings", tmp_path / "hypernetworks"
+    save_embedding_file(Embedding("fits", torch.zeros(2, 32)), embeddings / "fits.safetensors")
+    save_embedding_file(Embedding("wide", torch.zeros(1, 768)), embeddings / "wide.pt")
+    for name, sizes in (("hn-fires", "32"), ("hn-idle", "768")):
+        assert main(["create-hypernetwork", name, "--sizes", sizes, "--hypernetwork-dir", str(hypernetworks)]) == 0
+    capsys.readouterr()
+    found = {}
+    for name in ("fits", "wide", "hn-fires", "hn-idle"):
+        assert main(["info", name, "--json", "--model", "demo", "--device", "cpu", "--embeddings-dir", str(embeddings),
+                     "--hypernetwork-dir", str(hypernetworks)]) == 0
+        found[name] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert found["fits"]["format"] == "safetensors" and found["fits"]["usable_with_model"] is True
+    assert found["wide"]["usable_with_model"] is False and found["wide"]["model_fit"] == "768 wide; this model needs 32"
+    assert found["hn-fires"]["usable_with_model"] is True and "fires at widths 32" in found["hn-fires"]["model_fit"]
+    assert found["hn-idle"]["usable_with_model"] is False and "would change nothing" in found["hn-idle"]["model_fit"]
+    assert "usable_with_model" not in json.loads(_info_json(["info", str(embeddings / "fits.safetensors")], capsys))
+    assert main(["info", "missing", "--embeddings-dir", str(embeddings)]) == 2
+
+
+def _info_json(arguments, capsys):
+    from ti.cli import main
+
+    assert main([*arguments, "--json"]) == 0
+    return capsys.readouterr().out.strip().splitlines()[-1]

@@ -20,13 +20,23 @@ _LABELS = {
     "checkpoint_hash": "checkpoint hash",
     "checkpoint_name": "checkpoint name",
     "sha256": "sha256",
+    "usable_with_model": "usable",
+    "model_fit": "why",
 }
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("info", help="show what an embedding or hypernetwork file holds")
-    parser.add_argument("file", type=Path, help=".pt, .bin, .safetensors, .png or .webp")
+    parser.add_argument("file", type=Path, help=".pt, .bin, .safetensors, .png or .webp; or a bare name, looked up "
+                        "in --embeddings-dir, then --hypernetwork-dir")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--model", default=None, help="also say whether the file works with this model (diffusers "
+                        "folder, .safetensors/.ckpt file, or 'demo')")
+    parser.add_argument("--model-config", default=None, help="local diffusers folder with configs for a single-file checkpoint")
+    parser.add_argument("--embeddings-dir", default="embeddings", help="where a bare name is looked up first")
+    parser.add_argument("--hypernetwork-dir", default="models/hypernetworks", help="where a bare name is looked up next")
+    parser.add_argument("--device", default=None, help="where --model loads (default: cuda when present)")
+    parser.add_argument("--precision", choices=["full", "half", "bf16"], default=None, help="--model's weights precision")
     parser.set_defaults(func=run)
 
 
@@ -64,7 +74,47 @@ def format_description(description: dict) -> str:
     return "\n".join(lines)
 
 
+EMBEDDING_SUFFIXES = (".pt", ".safetensors", ".bin", ".png", ".webp")
+
+
+def resolve_file(file: Path, embeddings_dir: Path, hypernetwork_dir: Path) -> Path:
+    """FILE as given when it exists; a bare name as <embeddings dir>/NAME.<suffix>, then
+    <hypernetwork dir>/NAME.pt, as prompts and <hypernet:NAME> tags find them."""
+    if file.exists() or file.parent != Path(".") or file.suffix.lower() in EMBEDDING_SUFFIXES:
+        return file
+    candidates = [embeddings_dir / f"{file.name}{suffix}" for suffix in EMBEDDING_SUFFIXES]
+    candidates.append(hypernetwork_dir / f"{file.name}.pt")
+    return next((path for path in candidates if path.is_file()), file)
+
+
+def fit_with_model(description: dict, model) -> dict:
+    """Whether the described file works with the loaded model, and why not."""
+    if description["type"] == "hypernetwork":
+        from ti.hypernetwork import attention_widths
+
+        widths = set(attention_widths(model.pipe.unet))
+        firing = [width for width in description["dims"] if width in widths]
+        reason = (f"fires at widths {', '.join(map(str, firing))}" if firing else
+                  f"none of its widths ({', '.join(map(str, description['dims']))}) is one of the model's "
+                  f"attention widths ({', '.join(map(str, sorted(widths)))}): it would change nothing")
+        return {"model": model.name, "usable": bool(firing), "reason": reason}
+    if description["dim"] == model.text_width:
+        return {"model": model.name, "usable": True, "reason": f"{description['dim']} wide, as the model needs"}
+    return {"model": model.name, "usable": False,
+            "reason": f"{description['dim']} wide; this model needs {model.text_width}"}
+
+
 def run(args: argparse.Namespace) -> int:
-    description = describe_file(args.file)
+    path = resolve_file(args.file, Path(args.embeddings_dir), Path(args.hypernetwork_dir))
+    description = describe_file(path)
+    if args.model:
+        from ti.config import ModelConfig
+        from ti.pipeline import load_model
+
+        model = load_model(ModelConfig(model=args.model, model_config=args.model_config, device=args.device,
+                                       precision=args.precision))
+        fit = fit_with_model(description, model)
+        description = {**description, "usable_with_model": fit["usable"], "model": fit["model"],
+                       "model_fit": fit["reason"]}
     print(json.dumps(description) if args.json else format_description(description))
     return 0

@@ -19,6 +19,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--listen", action="store_true", help="bind 0.0.0.0 (default: 127.0.0.1 only)")
     parser.add_argument("--gradio-auth", default=None, help="user:password (comma-separate several)")
+    parser.add_argument("--api", action="store_true", help="also serve A1111's HTTP API (/sdapi/v1/…, /docs) on the "
+                        "same port")
+    parser.add_argument("--api-auth", default=None, help="user:password[,…] for HTTP Basic on every /sdapi route "
+                        "(default: --gradio-auth's logins, if any)")
     parser.add_argument("--data-root", default=".", help="with --listen and no --gradio-auth, the folder fields of "
                         "the page (preprocess source/destination, dataset folder) must lie inside this folder "
                         "(default: the working directory)")
@@ -47,6 +51,16 @@ def parse_auth(text: str | None) -> list[tuple[str, str]] | None:
     return pairs
 
 
+def api_credentials(args: argparse.Namespace) -> list[tuple[str, str]] | None:
+    """The logins /sdapi asks for: --api-auth, else --gradio-auth's (the page's login covers the API too)."""
+    if args.api_auth:
+        try:
+            return parse_auth(args.api_auth)
+        except SystemExit as error:
+            raise SystemExit(str(error).replace("--gradio-auth", "--api-auth")) from None
+    return parse_auth(args.gradio_auth)
+
+
 def server_options(args: argparse.Namespace) -> dict:
     """Where and how the server listens: 127.0.0.1 only, unless --listen; a login with --gradio-auth."""
     return {
@@ -68,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     server_options(args)  # a malformed --gradio-auth stops here, before the model loads
+    api_logins = api_credentials(args)
     from ti.config import ModelConfig
     from ti.errors import TIError
     from ti.pipeline import default_model_source
@@ -99,11 +114,21 @@ def main(argv: list[str] | None = None) -> int:
               "(--data-root)", file=sys.stderr)
     app = build_app(services)
     app.queue(default_concurrency_limit=4)
-    app.launch(
-        **server_options(args),
-        allowed_paths=[str(paths.outputs_dir.resolve()), str(paths.log_dir.resolve())],
-        footer_links=["api", "settings"],
-    )
+    launch_options = dict(**server_options(args),
+                          allowed_paths=[str(paths.outputs_dir.resolve()), str(paths.log_dir.resolve())],
+                          footer_links=["api", "settings"])
+    if not args.api:
+        app.launch(**launch_options)
+        return 0
+    # A1111's way: start the page without blocking, add the API's routes to its FastAPI app, wait.
+    from ui.api import build_api_router, redacted_flags
+
+    server_app, _, _ = app.launch(**launch_options, prevent_thread_lock=True, app_kwargs={"docs_url": "/docs"})
+    server_app.include_router(build_api_router(services, api_logins, redacted_flags(args)))
+    server_app.add_api_route("/internal/ping", lambda: {}, methods=["GET"])
+    print(f"ti-studio: A1111 API on /sdapi/v1 ({'HTTP Basic login' if api_logins else 'no login'}); /docs lists it",
+          file=sys.stderr)
+    app.block_thread()
     return 0
 
 

@@ -96,6 +96,10 @@ class AppServices:
     jobs: JobRunner = field(default_factory=JobRunner)
     hash_cache: HashCache = field(default_factory=HashCache)
     model_users: ModelUsers = field(default_factory=ModelUsers)
+    # One generation at a time, from the page or the HTTP API.
+    generation_lock: threading.Lock = field(default_factory=threading.Lock)
+    # What the API's POST options set and later txt2img calls use (A1111's sd_hypernetwork).
+    api_options: dict = field(default_factory=dict)
 
     @classmethod
     def create(cls, paths: AppPaths, model_config: ModelConfig) -> "AppServices":

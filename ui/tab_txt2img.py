@@ -149,7 +149,7 @@ def build_txt2img_tab(services: AppServices) -> dict[str, gr.components.Componen
                 schedule_type=schedule_value or "Automatic",
             )
             snapshot = services.library.refresh()
-            with services.using_model() as model:  # a model switch waits for this picture
+            with services.generation_lock, services.using_model() as model:  # a model switch waits for it
                 result = txt2img(model, snapshot.embeddings, config,
                                  on_progress=lambda done, total: progress(done / total, desc="Generating"),
                                  should_stop=stop, hypernetworks=services.hypernetworks)

@@ -1,0 +1,170 @@
+"""A1111's HTTP API (--api) on the real server, driven by real clients: requests and webuiapi."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import pytest
+import requests
+import torch
+from PIL import Image
+
+from ti.embedding import Embedding
+from ti.formats import save_embedding_file
+from ti.infotext import parse_infotext
+
+
+def _wait_for_api(url: str) -> None:
+    """The page answers first; the API routes join a moment later (added once the server runs)."""
+    import time
+
+    deadline = time.time() + 60
+    while requests.get(f"{url}internal/ping", timeout=10).status_code != 200:
+        assert time.time() < deadline, "the API routes never appeared"
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def api_studio(tmp_path_factory, app_launcher):
+    root = tmp_path_factory.mktemp("api-studio")
+    (root / "embeddings").mkdir()
+    save_embedding_file(Embedding("apistyle", torch.randn(2, 32) * 0.02, step=4), root / "embeddings" / "apistyle.pt")
+    with app_launcher(root, "--api") as running:
+        _wait_for_api(running[0])
+        yield running
+
+
+@pytest.fixture(scope="module")
+def api(api_studio):
+    url, _, _ = api_studio
+    return url + "sdapi/v1"
+
+
+def _image(b64: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(b64)))
+
+
+def test_txt2img_with_an_embedding_from_the_folder_answers_as_a1111(api):
+    reply = requests.post(f"{api}/txt2img", json={"prompt": "a photo of apistyle", "width": 64, "height": 64,
+                                                  "steps": 2, "seed": 5, "batch_size": 2, "unknown_key": 1}, timeout=120)
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    info = json.loads(body["info"])
+    assert len(body["images"]) == 2 and info["all_seeds"] == [5, 6]
+    assert info["sampler_name"] == "Euler" and info["steps"] == 2  # no sampler given: A1111's Euler
+    picture = _image(body["images"][0])
+    assert picture.size == (64, 64)
+    prompt, _, params = parse_infotext(picture.info["parameters"])
+    assert prompt == "a photo of apistyle" and "apistyle" in params["TI hashes"]
+    assert info["infotexts"][0] == picture.info["parameters"]
+    assert body["parameters"]["prompt"] == "a photo of apistyle"
+
+
+@pytest.mark.parametrize("field, value", [("enable_hr", True), ("restore_faces", True), ("tiling", True),
+                                          ("subseed_strength", 0.5), ("script_name", "x/y/z plot"),
+                                          ("sampler_name", "Restart")])
+def test_what_we_do_not_have_is_refused_by_name_in_a1111s_shape(api, field, value):
+    reply = requests.post(f"{api}/txt2img", json={"prompt": "x", field: value, "steps": 1}, timeout=60)
+    assert reply.status_code == 422
+    body = reply.json()
+    assert set(body) == {"error", "detail", "body", "errors"} and body["detail"].startswith(f"{field}: ")
+
+
+def test_a_malformed_request_is_fastapis_422(api):
+    reply = requests.post(f"{api}/txt2img", json={"steps": "many"}, timeout=30)
+    assert reply.status_code == 422 and "detail" in reply.json()
+
+
+def test_png_info_round_trip(api):
+    body = requests.post(f"{api}/txt2img", json={"prompt": "a tree", "negative_prompt": "blurry", "width": 64,
+                                                 "height": 64, "steps": 1, "seed": 9}, timeout=120).json()
+    reply = requests.post(f"{api}/png-info", json={"image": "data:image/png;base64," + body["images"][0]}, timeout=30)
+    info = reply.json()
+    assert info["info"] == json.loads(body["info"])["infotexts"][0]
+    assert info["parameters"]["Prompt"] == "a tree" and info["parameters"]["Negative prompt"] == "blurry"
+    assert info["parameters"]["Seed"] == "9" and (info["parameters"]["Size-1"], info["parameters"]["Size-2"]) == ("64", "64")
+
+
+def test_lists_options_and_flags(api):
+    assert {s["name"] for s in requests.get(f"{api}/samplers", timeout=30).json()} >= {"Euler a", "DPM++ 2M"}
+    assert "karras" in {s["name"] for s in requests.get(f"{api}/schedulers", timeout=30).json()}
+    models = requests.get(f"{api}/sd-models", timeout=30).json()
+    assert models[0]["model_name"] == "demo"
+    options = requests.get(f"{api}/options", timeout=30).json()
+    assert options["sd_model_checkpoint"].startswith("demo [")
+    assert requests.post(f"{api}/options", json=options, timeout=60).status_code == 200  # Open WebUI posts it back
+    assert requests.post(f"{api}/options", json={"sd_model_checkpoint": "nope"}, timeout=30).status_code == 500
+    embeddings = requests.get(f"{api}/embeddings", timeout=30).json()
+    assert embeddings["loaded"]["apistyle"] == {"step": 4, "sd_checkpoint": None, "sd_checkpoint_name": None,
+                                                "shape": 32, "vectors": 2}
+    assert requests.get(f"{api}/scripts", timeout=30).json() == {"txt2img": [], "img2img": []}
+    progress = requests.get(f"{api}/progress", timeout=30).json()
+    assert progress["progress"] == 0 and progress["state"]["job_count"] == 0
+    assert requests.post(f"{api}/interrupt", timeout=30).json() == {}
+    assert "port" in requests.get(f"{api}/cmd-flags", timeout=30).json()
+
+
+def test_the_webuiapi_package_works_unchanged(api_studio):
+    import webuiapi
+
+    _, _, port = api_studio
+    client = webuiapi.WebUIApi(host="127.0.0.1", port=port)
+    result = client.txt2img(prompt="a photo of apistyle", width=64, height=64, steps=2, seed=3, sampler_name="Euler a")
+    assert result.image.size == (64, 64) and result.info["all_seeds"] == [3]
+    assert "Sampler: Euler a" in result.info["infotexts"][0]
+    assert any(model["model_name"] == "demo" for model in client.get_sd_models())
+    assert client.util_get_current_model().startswith("demo")
+    assert client.png_info(result.image).info.startswith("a photo of apistyle")
+
+
+@pytest.fixture(scope="module")
+def locked_api(tmp_path_factory, app_launcher):
+    with app_launcher(tmp_path_factory.mktemp("api-auth"), "--api", "--api-auth", "robot:s3cret") as running:
+        _wait_for_api(running[0])
+        yield running
+
+
+def test_api_auth_refuses_without_the_login_and_hides_it_in_cmd_flags(locked_api):
+    url, _, _ = locked_api
+    assert requests.get(f"{url}sdapi/v1/options", timeout=30).status_code == 401
+    assert requests.get(f"{url}sdapi/v1/options", auth=("robot", "wrong"), timeout=30).status_code == 401
+    flags = requests.get(f"{url}sdapi/v1/cmd-flags", auth=("robot", "s3cret"), timeout=30).json()
+    assert flags["api_auth"] == "robot:***" and "s3cret" not in json.dumps(flags)
+
+
+def test_without_api_there_are_no_api_routes(app_launcher, tmp_path):
+    with app_launcher(tmp_path) as (url, _, _):
+        assert requests.get(f"{url}sdapi/v1/options", timeout=30).status_code == 404
+
+
+def test_with_only_a_page_login_the_api_asks_for_the_same_login():
+    from test_app_server import load_app_module
+
+    app = load_app_module()
+    assert app.api_credentials(app.parse_args(["--api", "--gradio-auth", "ann:pw"])) == [("ann", "pw")]
+    assert app.api_credentials(app.parse_args(["--api", "--gradio-auth", "ann:pw", "--api-auth", "bot:k"])) == [("bot", "k")]
+    assert app.api_credentials(app.parse_args(["--api"])) is None
+    with pytest.raises(SystemExit, match="--api-auth: expected user:password"):
+        app.api_credentials(app.parse_args(["--api", "--api-auth", "bot"]))
+
+
+def test_interrupt_from_the_api_stops_its_generation_and_progress_shows_it_running(api):
+    import threading
+    import time
+
+    replies = []
+    worker = threading.Thread(target=lambda: replies.append(requests.post(
+        f"{api}/txt2img", json={"prompt": "a tree", "width": 64, "height": 64, "steps": 150, "n_iter": 20},
+        timeout=300)))
+    worker.start()
+    deadline = time.time() + 60
+    while (state := requests.get(f"{api}/progress", timeout=30).json())["state"]["job_count"] == 0:
+        assert time.time() < deadline and worker.is_alive(), "the generation never showed in progress"
+        time.sleep(0.05)
+    assert state["state"]["job"] == "txt2img" and 0 < state["progress"] <= 1
+    requests.post(f"{api}/interrupt", timeout=30)
+    worker.join(120)
+    info = json.loads(replies[0].json()["info"])
+    assert len(info["all_seeds"]) < 20 and "Interrupted: at step" in info["infotexts"][-1]

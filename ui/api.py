@@ -1,0 +1,408 @@
+"""A1111's HTTP API (`/sdapi/v1/…`, `--api`) over the same services as the page.
+
+Clients such as the `webuiapi` package, Open WebUI and SillyTavern drive A1111's webui this way;
+they work against ti-studio unchanged for what we have (../shared/reference/a1111-api.md):
+txt2img, png-info, progress, interrupt, options, the model, sampler, embedding and hypernetwork
+lists. What we do not have (hires fix, face restoration, tiling, subseeds, scripts) is refused
+naming the field, in A1111's error shape, never answered with a silently different picture.
+Unknown request keys are ignored, as A1111 does.
+
+One generation at a time (services.generation_lock, shared with the txt2img tab); progress and
+interrupt act on the API's current generation, or on the training job when one runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+
+from fastapi import APIRouter, Depends, HTTPException
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+from pydantic import BaseModel, ConfigDict
+
+from ti import __version__
+from ti.config import GenerateConfig
+from ti.errors import TIError
+from ti.generate import save_generated, txt2img, with_default_hypernetwork
+from ti.infotext import parse_infotext
+from ti.samplers import SAMPLERS, SCHEDULE_TYPES, split_sampler_name
+from ui.jobs import StopToken
+from ui.services import AppServices
+
+# A1111's sampler aliases (k-diffusion names), for GET samplers.
+SAMPLER_ALIASES = {
+    "Euler a": ["k_euler_a", "k_euler_ancestral"], "Euler": ["k_euler"], "LMS": ["k_lms"], "Heun": ["k_heun"],
+    "DPM2": ["k_dpm_2"], "DPM2 a": ["k_dpm_2_a"], "DPM++ 2M": ["k_dpmpp_2m"], "DPM++ 2M SDE": ["k_dpmpp_2m_sde"],
+    "DPM++ SDE": ["k_dpmpp_sde"], "DDIM": ["ddim"], "PLMS": ["plms"], "UniPC": ["unipc"],
+}
+
+
+class ApiError(Exception):
+    """An error answered in A1111's shape: {error, detail, body, errors}."""
+
+    def __init__(self, status_code: int, error: str, detail: str):
+        super().__init__(detail)
+        self.status_code, self.error, self.detail = status_code, error, detail
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(status_code=self.status_code,
+                            content={"error": self.error, "detail": self.detail, "body": "", "errors": self.detail})
+
+
+class Txt2ImgRequest(BaseModel):
+    """A1111's StableDiffusionTxt2ImgProcessingAPI, with its defaults; other keys are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    styles: list[str] | None = None
+    seed: int = -1
+    subseed: int = -1
+    subseed_strength: float = 0.0
+    sampler_name: str | None = None
+    sampler_index: str = "Euler"
+    scheduler: str | None = None
+    batch_size: int = 1
+    n_iter: int = 1
+    steps: int = 50
+    cfg_scale: float = 7.0
+    width: int = 512
+    height: int = 512
+    restore_faces: bool | None = None
+    tiling: bool | None = None
+    enable_hr: bool = False
+    override_settings: dict | None = None
+    override_settings_restore_afterwards: bool = True
+    script_name: str | None = None
+    script_args: list = []
+    alwayson_scripts: dict = {}
+    send_images: bool = True
+    save_images: bool = False
+
+
+class PngInfoRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    image: str = ""
+
+
+@dataclass
+class ApiProgress:
+    """The API's current generation, for GET progress and POST interrupt."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    running: bool = False
+    step: int = 0
+    total: int = 0
+    started: float = 0.0
+    stop: StopToken | None = None
+
+    def begin(self, total: int) -> StopToken:
+        with self.lock:
+            self.running, self.step, self.total, self.started = True, 0, total, time.time()
+            self.stop = StopToken()
+            return self.stop
+
+    def update(self, step: int, total: int) -> None:
+        with self.lock:
+            self.step, self.total = step, total
+
+    def end(self) -> None:
+        with self.lock:
+            self.running, self.stop = False, None
+
+
+def refuse_unsupported(request: Txt2ImgRequest) -> None:
+    """Fields that would need what we do not have: refused by name (A1111 would change the picture)."""
+    asked = [("enable_hr", request.enable_hr, "hires fix"), ("restore_faces", request.restore_faces, "face restoration"),
+             ("tiling", request.tiling, "tiling"), ("subseed_strength", request.subseed_strength > 0, "variation seeds"),
+             ("script_name", bool(request.script_name), "scripts"),
+             ("alwayson_scripts", bool(request.alwayson_scripts), "always-on scripts")]
+    for name, wanted, what in asked:
+        if wanted:
+            raise ApiError(422, "UnsupportedField", f"{name}: ti-studio has no {what}; leave {name} unset")
+
+
+def scheduler_label(value: str | None) -> str:
+    """A1111's scheduler name or label (`karras`, `Karras`, `automatic`) -> our schedule type."""
+    if not value:
+        return "Automatic"
+    for label in SCHEDULE_TYPES:
+        if value.strip().lower() == label.lower():
+            return label
+    raise ApiError(422, "UnsupportedField", f"scheduler: {value!r} is not one of ours ({', '.join(SCHEDULE_TYPES)})")
+
+
+def generate_config_for(request: Txt2ImgRequest, services: AppServices) -> GenerateConfig:
+    refuse_unsupported(request)
+    sampler, implied = split_sampler_name(request.sampler_name or request.sampler_index)
+    if sampler not in SAMPLERS:
+        raise ApiError(422, "UnsupportedField", f"sampler_name: {sampler!r} is not one of ours ({', '.join(SAMPLERS)})")
+    schedule = implied if implied != "Automatic" else scheduler_label(request.scheduler)
+    overrides = request.override_settings or {}
+    clip_skip = int(overrides.get("CLIP_stop_at_last_layers", 1))
+    prompt = request.prompt
+    hypernetwork = overrides.get("sd_hypernetwork") or services.api_options.get("sd_hypernetwork")
+    if hypernetwork and hypernetwork != "None":
+        prompt = with_default_hypernetwork(prompt, hypernetwork)
+    wanted_model = overrides.get("sd_model_checkpoint")
+    if wanted_model and not model_matches(services, wanted_model):
+        raise ApiError(422, "UnsupportedField", "override_settings: sd_model_checkpoint: switch the model with "
+                                                "POST /sdapi/v1/options first (a per-request switch is not offered)")
+    return GenerateConfig(prompt=prompt, negative_prompt=request.negative_prompt, steps=request.steps,
+                          sampler=sampler, schedule_type=schedule, cfg_scale=request.cfg_scale, seed=request.seed,
+                          width=request.width, height=request.height, batch_count=request.n_iter,
+                          batch_size=request.batch_size, clip_skip=clip_skip)
+
+
+def png_base64(image: Image.Image, infotext: str) -> str:
+    info = PngInfo()
+    info.add_text("parameters", infotext)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def decode_image(data: str) -> Image.Image:
+    """A1111's image input: raw base64 or a data: URL (URLs are not fetched here)."""
+    if data.startswith("data:"):
+        data = data.split(",", 1)[-1]
+    try:
+        return Image.open(io.BytesIO(base64.b64decode(data, validate=False)))
+    except (binascii.Error, OSError, ValueError) as error:
+        raise ApiError(422, "InvalidImage", f"image: not a base64 image ({error})") from None
+
+
+def model_title(model) -> str:
+    return f"{model.name} [{model.short_hash}]"
+
+
+def model_matches(services: AppServices, wanted: str) -> bool:
+    model = services.model
+    return wanted in (model.source, model.name, model_title(model), model.short_hash, model.sha256)
+
+
+def checkpoint_entries(services: AppServices) -> list[dict]:
+    """sd-models: every offered checkpoint; hashes only when already known (never hashed in a GET)."""
+    entries = []
+    for choice in services.model_choices():
+        current = services.model is not None and choice == services.model.source
+        short = services.model.short_hash if current else None
+        name = "demo" if choice == "demo" else choice.rsplit("/", 1)[-1]
+        entries.append({"title": f"{name} [{short}]" if short else name, "model_name": name.rsplit(".", 1)[0],
+                        "hash": short, "sha256": services.model.sha256 if current else None, "filename": choice,
+                        "config": None})
+    return entries
+
+
+def source_for(services: AppServices, wanted: str) -> str | None:
+    for entry in checkpoint_entries(services):
+        if wanted in (entry["title"], entry["model_name"], entry["filename"], entry["hash"], entry["sha256"],
+                      entry["title"].split(" [")[0]):
+            return entry["filename"]
+    return None
+
+
+def build_api_router(services: AppServices, credentials: list[tuple[str, str]] | None, flags: dict) -> APIRouter:
+    """The /sdapi/v1 routes; credentials: HTTP Basic logins required on every route (None: open)."""
+    basic = HTTPBasic(auto_error=False)
+    progress = ApiProgress()
+
+    def check_login(given: HTTPBasicCredentials | None = Depends(basic)) -> None:
+        if not credentials:
+            return
+        if given is not None:
+            for user, password in credentials:
+                if secrets.compare_digest(given.username, user) and secrets.compare_digest(given.password, password):
+                    return
+        raise HTTPException(status_code=401, detail="Unauthorized: this API asks for a login (HTTP Basic)",
+                            headers={"WWW-Authenticate": "Basic"})
+
+    router = APIRouter(prefix="/sdapi/v1", dependencies=[Depends(check_login)])
+
+    def answer(work):
+        try:
+            return work()
+        except ApiError as error:
+            return error.response()
+        except TIError as error:
+            return ApiError(422, type(error).__name__, str(error)).response()
+
+    @router.post("/txt2img")
+    def api_txt2img(request: Txt2ImgRequest):
+        def work():
+            config = generate_config_for(request, services)
+            with services.generation_lock:
+                stop = progress.begin(config.steps * config.batch_count)
+                try:
+                    snapshot = services.library.refresh()
+                    with services.using_model() as model:
+                        result = txt2img(model, snapshot.embeddings, config, on_progress=progress.update,
+                                         should_stop=stop, hypernetworks=services.hypernetworks)
+                        model_name, model_hash = model.name, model.short_hash
+                finally:
+                    progress.end()
+            if request.save_images:
+                save_generated(result, services.paths.outputs_dir)
+            seeds = [image.seed for image in result.images]
+            info = {
+                "prompt": config.prompt, "all_prompts": [config.prompt] * len(seeds),
+                "negative_prompt": config.negative_prompt, "all_negative_prompts": [config.negative_prompt] * len(seeds),
+                "seed": seeds[0] if seeds else config.seed, "all_seeds": seeds, "subseed": -1,
+                "all_subseeds": [-1] * len(seeds), "subseed_strength": 0, "width": config.width,
+                "height": config.height, "sampler_name": config.sampler, "cfg_scale": config.cfg_scale,
+                "steps": config.steps, "batch_size": config.batch_size, "restore_faces": False,
+                "face_restoration_model": None, "sd_model_name": model_name, "sd_model_hash": model_hash,
+                "sd_vae_name": None, "sd_vae_hash": None, "seed_resize_from_w": -1, "seed_resize_from_h": -1,
+                "denoising_strength": None, "extra_generation_params": {}, "index_of_first_image": 0,
+                "infotexts": [image.infotext for image in result.images], "styles": request.styles or [],
+                "job_timestamp": time.strftime("%Y%m%d%H%M%S"), "clip_skip": config.clip_skip,
+                "is_using_inpainting_conditioning": False, "version": f"ti-studio {__version__}",
+            }
+            images = [png_base64(image.image, image.infotext) for image in result.images] if request.send_images else []
+            return {"images": images, "parameters": request.model_dump(), "info": json.dumps(info)}
+        return answer(work)
+
+    @router.post("/png-info")
+    def api_png_info(request: PngInfoRequest):
+        def work():
+            if not request.image:
+                raise ApiError(404, "HTTPException", "Request body is missing an image")
+            picture = decode_image(request.image)
+            text = str(picture.info.get("parameters") or "")
+            items = {key: value for key, value in picture.info.items() if key != "parameters" and isinstance(value, str)}
+            parameters = {}
+            if text:
+                prompt, negative, params = parse_infotext(text)
+                parameters = {"Prompt": prompt, "Negative prompt": negative, **params}
+                if "Size" in params and "x" in params["Size"]:
+                    parameters["Size-1"], parameters["Size-2"] = params["Size"].split("x", 1)
+                parameters.setdefault("Clip skip", "1")
+                parameters.setdefault("Schedule type", "Automatic")
+            return {"info": text, "items": items, "parameters": parameters}
+        return answer(work)
+
+    @router.get("/progress")
+    def api_progress(skip_current_image: bool = False):
+        snapshot = services.jobs.snapshot()
+        with progress.lock:
+            generating, step, total = progress.running, progress.step, progress.total
+        if generating:
+            fraction = min(1.0, 0.01 + step / max(total, 1))
+            job, job_count, job_no, sampling = "txt2img", 1, 0, (step, total)
+        elif snapshot.running and snapshot.kind in ("train-embedding", "train-hypernetwork"):
+            fraction = min(1.0, snapshot.step / max(snapshot.total, 1))
+            job, job_count, job_no, sampling = snapshot.kind, snapshot.total, snapshot.step, (0, 0)
+        else:
+            fraction, job, job_count, job_no, sampling = 0.0, "", 0, 0, (0, 0)
+        eta = snapshot.eta_seconds if job.startswith("train") else None
+        return {"progress": fraction, "eta_relative": eta or 0.0,
+                "state": {"skipped": False, "interrupted": False, "stopping_generation": False, "job": job,
+                          "job_count": job_count, "job_timestamp": "0", "job_no": job_no,
+                          "sampling_step": sampling[0], "sampling_steps": sampling[1]},
+                "current_image": None, "textinfo": snapshot.message if job.startswith("train") else None}
+
+    @router.post("/interrupt")
+    def api_interrupt():
+        with progress.lock:
+            if progress.stop is not None:
+                progress.stop.stop()
+        services.jobs.stop()  # a training run stops at its next step boundary, saved
+        return {}
+
+    @router.post("/skip")
+    def api_skip():
+        return None
+
+    @router.get("/options")
+    def api_get_options():
+        model = services.model
+        return {"sd_model_checkpoint": model_title(model) if model else "", "sd_checkpoint_hash": model.sha256 if model else None,
+                "sd_hypernetwork": services.api_options.get("sd_hypernetwork", "None"), "CLIP_stop_at_last_layers": 1,
+                "sd_vae": "Automatic", "samples_format": "png", "enable_pnginfo": True,
+                "textual_inversion_add_hashes_to_infotext": True, "extra_networks_default_multiplier": 1.0}
+
+    @router.post("/options")
+    def api_set_options(options: dict):
+        def work():
+            wanted = options.get("sd_model_checkpoint")
+            if wanted and not model_matches(services, wanted):
+                source = source_for(services, wanted)
+                if source is None:
+                    raise ApiError(500, "RuntimeError", f"model {wanted!r} not found")
+                services.switch_model(source)
+            if "sd_hypernetwork" in options:
+                name = options["sd_hypernetwork"] or "None"
+                if name != "None" and name not in services.hypernetwork_names():
+                    raise ApiError(500, "RuntimeError", f"hypernetwork {name!r} not found")
+                services.api_options["sd_hypernetwork"] = name
+            return None
+        return answer(work)
+
+    @router.get("/cmd-flags")
+    def api_cmd_flags():
+        return flags
+
+    @router.get("/samplers")
+    def api_samplers():
+        return [{"name": name, "aliases": SAMPLER_ALIASES.get(name, []), "options": {}} for name in SAMPLERS]
+
+    @router.get("/schedulers")
+    def api_schedulers():
+        return [{"name": label.lower(), "label": label, "aliases": None, "default_rho": -1, "need_inner_model": False}
+                for label in SCHEDULE_TYPES]
+
+    @router.get("/sd-models")
+    def api_sd_models():
+        return checkpoint_entries(services)
+
+    @router.get("/embeddings")
+    def api_embeddings():
+        snapshot = services.library.refresh()
+
+        def entry(embedding):
+            return {"step": embedding.step, "sd_checkpoint": embedding.checkpoint_hash,
+                    "sd_checkpoint_name": embedding.checkpoint_name, "shape": embedding.dim,
+                    "vectors": embedding.num_vectors}
+        return {"loaded": {name: entry(embedding) for name, embedding in snapshot.embeddings.items()}, "skipped": {}}
+
+    @router.get("/hypernetworks")
+    def api_hypernetworks():
+        folder = services.paths.hypernetwork_dir
+        return [{"name": name, "path": str(folder / f"{name}.pt")} for name in services.hypernetwork_names()]
+
+    @router.post("/refresh-embeddings")
+    def api_refresh_embeddings():
+        services.library.refresh(force=True)
+        return None
+
+    @router.post("/refresh-checkpoints")
+    def api_refresh_checkpoints():
+        return None  # sd-models lists the folder afresh on every call
+
+    for path, value in (("/sd-vae", []), ("/upscalers", [{"name": "None", "model_name": None, "model_path": None,
+                                                           "model_url": None, "scale": 4}]),
+                        ("/latent-upscale-modes", []), ("/prompt-styles", []), ("/loras", []), ("/face-restorers", []),
+                        ("/scripts", {"txt2img": [], "img2img": []})):
+        router.add_api_route(path, (lambda value=value: value), methods=["GET"])
+    for path in ("/refresh-vae", "/refresh-loras"):
+        router.add_api_route(path, lambda: None, methods=["POST"])
+    return router
+
+
+def redacted_flags(args) -> dict:
+    """cmd-flags: every flag, with passwords hidden (A1111 shows them in clear)."""
+    flags = dict(vars(args))
+    for key in ("gradio_auth", "api_auth"):
+        if flags.get(key):
+            flags[key] = ",".join(f"{pair.split(':', 1)[0]}:***" for pair in str(flags[key]).split(","))
+    return flags

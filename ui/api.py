@@ -90,6 +90,53 @@ class Txt2ImgRequest(BaseModel):
     save_images: bool = False
 
 
+class CreateEmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str
+    num_vectors_per_token: int = 1
+    overwrite_old: bool = False
+    init_text: str = "*"
+
+
+class CreateHypernetworkRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str
+    enable_sizes: list[int | str] = [768, 320, 640, 1280]
+    overwrite_old: bool = False
+    layer_structure: str | list[float] = "1, 2, 1"
+    activation_func: str = "linear"
+    weight_init: str = "Normal"
+    add_layer_norm: bool = False
+    use_dropout: bool = False
+    dropout_structure: str | list[float] | None = None
+
+
+# A1111's train/* arguments -> TrainConfig fields (widget names of build_train_config).
+TRAIN_FIELD_NAMES = {
+    "learn_rate": "learning_rate", "batch_size": "batch_size", "gradient_step": "grad_accum",
+    "data_root": "data_dir", "log_directory": "log_dir", "training_width": "width", "training_height": "height",
+    "varsize": "no_resize", "steps": "max_steps", "clip_grad_mode": "clip_grad", "clip_grad_value": "clip_value",
+    "shuffle_tags": "shuffle_tags", "tag_drop_out": "tag_dropout", "latent_sampling_method": "latent_sampling",
+    "use_weight": "alpha_weight", "create_image_every": "preview_every", "save_embedding_every": "save_every",
+    "save_hypernetwork_every": "save_every", "template_filename": "template",
+    "save_image_with_stored_embedding": "png_embedding", "preview_prompt": "preview_prompt",
+    "preview_negative_prompt": "preview_negative_prompt", "preview_steps": "preview_steps",
+    "preview_sampler_name": "preview_sampler", "preview_cfg_scale": "preview_cfg", "preview_seed": "preview_seed",
+}
+
+
+def train_values(body: dict) -> dict:
+    """An A1111 train/* body -> build_train_config's values (missing ones take A1111's UI defaults)."""
+    values = {ours: body[theirs] for theirs, ours in TRAIN_FIELD_NAMES.items() if theirs in body}
+    if values.get("clip_grad") == "disabled":
+        values["clip_grad"] = "none"
+    if not body.get("preview_from_txt2img", False):
+        values["preview_prompt"] = ""
+    if "preview_sampler_name" in body and body["preview_sampler_name"] in (None, ""):
+        values.pop("preview_sampler")
+    return values
+
+
 class PngInfoRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     image: str = ""
@@ -290,6 +337,93 @@ def build_api_router(services: AppServices, credentials: list[tuple[str, str]] |
                 parameters.setdefault("Schedule type", "Automatic")
             return {"info": text, "items": items, "parameters": parameters}
         return answer(work)
+
+    @router.post("/create/embedding")
+    def api_create_embedding(request: CreateEmbeddingRequest):
+        from ti.create import create_embedding
+
+        try:
+            with services.using_model() as model:
+                path = create_embedding(model, request.name, request.init_text, request.num_vectors_per_token,
+                                        services.paths.embeddings_dir, overwrite=request.overwrite_old)
+        except TIError as error:  # A1111 answers 200 with the message
+            return {"info": f"create embedding error: {error}"}
+        services.library.refresh(force=True)
+        return {"info": f"create embedding filename: {path}"}
+
+    @router.post("/create/hypernetwork")
+    def api_create_hypernetwork(request: CreateHypernetworkRequest):
+        from ti.hypernetwork import HypernetworkStructure, create_hypernetwork, parse_number_list
+
+        try:
+            layers = (parse_number_list(request.layer_structure, "layer_structure")
+                      if isinstance(request.layer_structure, str) else list(request.layer_structure))
+            dropout = request.dropout_structure
+            if isinstance(dropout, str):
+                dropout = parse_number_list(dropout, "dropout_structure") if dropout.strip() else None
+            structure = HypernetworkStructure(layer_structure=tuple(layers), activation=request.activation_func,
+                                              weight_init=request.weight_init, layer_norm=request.add_layer_norm,
+                                              use_dropout=request.use_dropout,
+                                              dropout_structure=tuple(dropout) if dropout else None)
+            path = create_hypernetwork(request.name, services.paths.hypernetwork_dir,
+                                       [int(size) for size in request.enable_sizes], structure,
+                                       overwrite=request.overwrite_old)
+        except (TIError, ValueError) as error:
+            return {"info": f"create hypernetwork error: {error}"}
+        return {"info": f"create hypernetwork filename: {path}"}
+
+    def train(kind: str, body: dict) -> dict:
+        """A1111's train/*: synchronous (the request lasts the whole run; progress shows it)."""
+        from ti.train import train_embedding, train_hypernetwork
+        from ui.train_form import EMBEDDING_FORM, HYPERNETWORK_FORM, build_train_config
+        from ui.train_widgets import training_work
+
+        form, folder, runner, name_key = (
+            (EMBEDDING_FORM, services.paths.embeddings_dir, train_embedding, "embedding_name") if kind == "embedding"
+            else (HYPERNETWORK_FORM, services.paths.hypernetwork_dir, train_hypernetwork, "hypernetwork_name"))
+        label = "train embedding" if kind == "embedding" else "train hypernetwork"
+        try:
+            values = {**train_values(body), "name": body.get(name_key, ""),
+                      "embeddings_dir": str(services.paths.embeddings_dir)}
+            config = build_train_config(values, services.paths.templates_dir, form, log_root=services.paths.log_dir,
+                                        data_root=services.paths.data_root)
+            services.jobs.start(form.job_kind, f"Training {config.name}", training_work(runner, services.using_model,
+                                                                                        config, folder))
+        except TIError as error:
+            return {"info": f"{label} complete: filename:  error: {error}"}
+        snapshot = services.jobs.wait()
+        path = getattr(snapshot.result, "path", "")
+        return {"info": f"{label} complete: filename: {path} error: {snapshot.error or None}"}
+
+    @router.post("/train/embedding")
+    def api_train_embedding(body: dict):
+        return train("embedding", body)
+
+    @router.post("/train/hypernetwork")
+    def api_train_hypernetwork(body: dict):
+        return train("hypernetwork", body)
+
+    @router.get("/memory")
+    def api_memory():
+        import torch
+
+        ram = {}
+        try:
+            fields_kb = dict(line.split(":", 1) for line in open("/proc/meminfo", encoding="ascii"))
+            total = int(fields_kb["MemTotal"].split()[0]) * 1024
+            free = int(fields_kb["MemAvailable"].split()[0]) * 1024
+            ram = {"free": free, "used": total - free, "total": total}
+        except (OSError, KeyError, ValueError) as error:
+            ram = {"error": str(error)}
+        if not torch.cuda.is_available():
+            return {"ram": ram, "cuda": {"error": "no CUDA device"}}
+        free, total = torch.cuda.mem_get_info()
+        stats = torch.cuda.memory_stats()
+        return {"ram": ram, "cuda": {
+            "system": {"free": free, "used": total - free, "total": total},
+            **{name: {"current": stats.get(f"{name}_bytes.all.current", 0), "peak": stats.get(f"{name}_bytes.all.peak", 0)}
+               for name in ("active", "allocated", "reserved", "inactive_split")},
+            "events": {"retries": stats.get("num_alloc_retries", 0), "oom": stats.get("num_ooms", 0)}}}
 
     @router.get("/progress")
     def api_progress(skip_current_image: bool = False):

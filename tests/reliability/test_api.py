@@ -168,3 +168,84 @@ def test_interrupt_from_the_api_stops_its_generation_and_progress_shows_it_runni
     worker.join(120)
     info = json.loads(replies[0].json()["info"])
     assert len(info["all_seeds"]) < 20 and "Interrupted: at step" in info["infotexts"][-1]
+
+
+def _dataset(folder):
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for index in range(2):
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(folder / f"{index:05d}-0-a red car.png")
+    return folder
+
+
+def test_create_train_with_progress_and_interrupt_through_the_api(api, api_studio):
+    import threading
+    import time
+
+    from ti.formats import load_embedding_file
+
+    _, folders, _ = api_studio
+    data = _dataset(folders["logs"].parent / "api-data")
+    created = requests.post(f"{api}/create/embedding", json={"name": "apitrained", "num_vectors_per_token": 2,
+                                                             "init_text": "cat"}, timeout=60).json()
+    assert created["info"] == f"create embedding filename: {folders['embeddings'] / 'apitrained.pt'}"
+    again = requests.post(f"{api}/create/embedding", json={"name": "apitrained"}, timeout=60).json()
+    assert again["info"].startswith("create embedding error: ")
+    hypernetwork = requests.post(f"{api}/create/hypernetwork", json={"name": "apihn", "enable_sizes": [32],
+                                                                     "layer_structure": "1, 2, 1"}, timeout=60).json()
+    assert hypernetwork["info"] == f"create hypernetwork filename: {folders['hypernetworks'] / 'apihn.pt'}"
+
+    body = {"embedding_name": "apitrained", "learn_rate": "0.005", "batch_size": 1, "gradient_step": 1,
+            "data_root": str(data), "log_directory": str(folders["logs"]), "training_width": 64,
+            "training_height": 64, "varsize": False, "steps": 3, "clip_grad_mode": "disabled",
+            "clip_grad_value": "0.1", "shuffle_tags": False, "tag_drop_out": 0, "latent_sampling_method": "once",
+            "use_weight": False, "create_image_every": 0, "save_embedding_every": 0,
+            "template_filename": "style_filewords.txt", "save_image_with_stored_embedding": False,
+            "preview_from_txt2img": False, "preview_prompt": "", "preview_negative_prompt": "", "preview_steps": 20,
+            "preview_sampler_name": "Euler a", "preview_cfg_scale": 7, "preview_seed": -1, "preview_width": 64,
+            "preview_height": 64}
+    done = requests.post(f"{api}/train/embedding", json=body, timeout=300).json()
+    assert done["info"] == (f"train embedding complete: filename: {folders['embeddings'] / 'apitrained.pt'} "
+                            "error: None")
+    assert load_embedding_file(folders["embeddings"] / "apitrained.pt").step == 3
+
+    replies = []
+    worker = threading.Thread(target=lambda: replies.append(
+        requests.post(f"{api}/train/embedding", json={**body, "steps": 100000}, timeout=300).json()))
+    worker.start()
+    deadline = time.time() + 120
+    while (state := requests.get(f"{api}/progress", timeout=30).json())["state"]["job_no"] < 5:
+        assert time.time() < deadline and worker.is_alive(), state
+        time.sleep(0.1)
+    assert state["state"]["job"] == "train-embedding" and state["state"]["job_count"] == 100000
+    requests.post(f"{api}/interrupt", timeout=30)
+    worker.join(120)
+    assert replies[0]["info"].endswith("error: None")
+    step = load_embedding_file(folders["embeddings"] / "apitrained.pt").step
+    assert 5 <= step < 100000  # stopped, and what it trained was saved
+    bad = requests.post(f"{api}/train/embedding", json={**body, "steps": -1}, timeout=60).json()
+    assert bad["info"].startswith("train embedding complete: filename:  error: ")
+
+
+def test_switching_the_model_through_options(api, api_studio, tiny_pipe):
+    _, folders, _ = api_studio
+    tiny_pipe.save_pretrained(folders["models"] / "tiny-sd")
+    titles = {entry["model_name"]: entry for entry in requests.get(f"{api}/sd-models", timeout=30).json()}
+    assert "tiny-sd" in titles and titles["tiny-sd"]["hash"] is None  # not hashed inside a GET
+    assert requests.post(f"{api}/options", json={"sd_model_checkpoint": "tiny-sd"}, timeout=300).status_code == 200
+    options = requests.get(f"{api}/options", timeout=30).json()
+    assert options["sd_model_checkpoint"].startswith("tiny-sd [") and len(options["sd_checkpoint_hash"]) == 64
+    body = requests.post(f"{api}/txt2img", json={"prompt": "a tree", "width": 64, "height": 64, "steps": 1},
+                         timeout=120).json()
+    assert json.loads(body["info"])["sd_model_name"] == "tiny-sd"
+    assert requests.post(f"{api}/options", json={"sd_model_checkpoint": "demo"}, timeout=300).status_code == 200
+    assert requests.get(f"{api}/options", timeout=30).json()["sd_model_checkpoint"].startswith("demo [")
+
+
+def test_docs_list_the_routes(api_studio):
+    url, _, _ = api_studio
+    assert requests.get(f"{url}docs", timeout=30).status_code == 200
+    paths = requests.get(f"{url}openapi.json", timeout=30).json()["paths"]
+    assert {"/sdapi/v1/txt2img", "/sdapi/v1/png-info", "/sdapi/v1/train/embedding"} <= set(paths)

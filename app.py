@@ -23,6 +23,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "same port")
     parser.add_argument("--api-auth", default=None, help="user:password[,…] for HTTP Basic on every /sdapi route "
                         "(default: --gradio-auth's logins, if any)")
+    parser.add_argument("--cors-allow-origins", default=None, help="with --api: origins (comma-separated) whose web "
+                        "pages may call the server from a browser (default: none beyond Gradio's localhost rule)")
     parser.add_argument("--data-root", default=".", help="with --listen and no --gradio-auth, the folder fields of "
                         "the page (preprocess source/destination, dataset folder) must lie inside this folder "
                         "(default: the working directory)")
@@ -59,6 +61,24 @@ def api_credentials(args: argparse.Namespace) -> list[tuple[str, str]] | None:
         except SystemExit as error:
             raise SystemExit(str(error).replace("--gradio-auth", "--api-auth")) from None
     return parse_auth(args.gradio_auth)
+
+
+def defer_gradio_cors(server_app) -> None:
+    """Let our CORSMiddleware decide: Gradio's own CORS layer answers preflights itself (localhost
+    only) unless its parent app configures CORS, which is how it sees a mounted app's middleware."""
+    from types import SimpleNamespace
+
+    from starlette.middleware import Middleware
+    from starlette.middleware.cors import CORSMiddleware
+
+    layer = server_app.middleware_stack
+    while layer is not None:
+        if type(layer).__name__ == "CustomCORSMiddleware":
+            layer.parent_app = SimpleNamespace(user_middleware=[Middleware(CORSMiddleware)])
+            layer._parent_configures_cors = None
+            return
+        layer = getattr(layer, "app", None)
+    raise RuntimeError("Gradio's CORS layer was not found: --cors-allow-origins cannot take effect")
 
 
 def server_options(args: argparse.Namespace) -> dict:
@@ -123,7 +143,17 @@ def main(argv: list[str] | None = None) -> int:
     # A1111's way: start the page without blocking, add the API's routes to its FastAPI app, wait.
     from ui.api import build_api_router, redacted_flags
 
-    server_app, _, _ = app.launch(**launch_options, prevent_thread_lock=True, app_kwargs={"docs_url": "/docs"})
+    app_kwargs: dict = {"docs_url": "/docs"}
+    origins = [origin.strip() for origin in (args.cors_allow_origins or "").split(",") if origin.strip()]
+    if origins:  # only when asked: a page elsewhere must not drive this machine by default
+        from starlette.middleware import Middleware
+        from starlette.middleware.cors import CORSMiddleware
+
+        app_kwargs["middleware"] = [Middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"],
+                                               allow_headers=["*"], allow_credentials=True)]
+    server_app, _, _ = app.launch(**launch_options, prevent_thread_lock=True, app_kwargs=app_kwargs)
+    if origins:
+        defer_gradio_cors(server_app)
     server_app.include_router(build_api_router(services, api_logins, redacted_flags(args)))
     server_app.add_api_route("/internal/ping", lambda: {}, methods=["GET"])
     print(f"ti-studio: A1111 API on /sdapi/v1 ({'HTTP Basic login' if api_logins else 'no login'}); /docs lists it",

@@ -121,7 +121,8 @@ def test_the_webuiapi_package_works_unchanged(api_studio):
 
 @pytest.fixture(scope="module")
 def locked_api(tmp_path_factory, app_launcher):
-    with app_launcher(tmp_path_factory.mktemp("api-auth"), "--api", "--api-auth", "robot:s3cret") as running:
+    with app_launcher(tmp_path_factory.mktemp("api-auth"), "--api", "--api-auth", "robot:s3cret",
+                      "--cors-allow-origins", "http://trusted.example") as running:
         _wait_for_api(running[0])
         yield running
 
@@ -132,6 +133,18 @@ def test_api_auth_refuses_without_the_login_and_hides_it_in_cmd_flags(locked_api
     assert requests.get(f"{url}sdapi/v1/options", auth=("robot", "wrong"), timeout=30).status_code == 401
     flags = requests.get(f"{url}sdapi/v1/cmd-flags", auth=("robot", "s3cret"), timeout=30).json()
     assert flags["api_auth"] == "robot:***" and "s3cret" not in json.dumps(flags)
+
+
+def test_cors_only_for_the_origins_asked_for(locked_api, api):
+    url, _, _ = locked_api
+    preflight = {"Origin": "http://trusted.example", "Access-Control-Request-Method": "POST"}
+    allowed = requests.options(f"{url}sdapi/v1/txt2img", headers=preflight, timeout=30)
+    assert allowed.headers.get("access-control-allow-origin") == "http://trusted.example"
+    other = requests.options(f"{url}sdapi/v1/txt2img", headers={**preflight, "Origin": "http://evil.example"},
+                             timeout=30)
+    assert "access-control-allow-origin" not in other.headers
+    default = requests.options(f"{api}/txt2img", headers={**preflight, "Origin": "http://evil.example"}, timeout=30)
+    assert "access-control-allow-origin" not in default.headers  # no --cors-allow-origins: none for others
 
 
 def test_without_api_there_are_no_api_routes(app_launcher, tmp_path):

@@ -161,11 +161,12 @@ def a1111_metadata(embedding: Embedding) -> dict[str, Any]:
 def a1111_dict(embedding: Embedding) -> dict[str, Any]:
     """The dict A1111 saves in a .pt (and in an image embedding's JSON).
 
-    SDXL has no A1111 .pt layout (A1111 cannot create SDXL embeddings), so SDXL embeddings
-    keep clip_l/clip_g beside the metadata, which A1111's detection reads as SDXL.
+    SDXL has no A1111 .pt layout (A1111 cannot create SDXL embeddings): an SDXL file is
+    {clip_l, clip_g} and nothing else, as kohya writes it. A1111's loader runs `v.detach()` over
+    every key of such a dict, so a name or step beside the tensors makes it fail
+    ('str' object has no attribute 'detach'); SDXL metadata lives in .safetensors headers instead.
     """
     if embedding.is_sdxl:
-        payload: dict[str, Any] = embedding_tensors(embedding)
-    else:
-        payload = {"string_to_token": dict(A1111_STRING_TO_TOKEN), "string_to_param": {"*": _owned_tensor(embedding.vectors)}}
+        return embedding_tensors(embedding)
+    payload = {"string_to_token": dict(A1111_STRING_TO_TOKEN), "string_to_param": {"*": _owned_tensor(embedding.vectors)}}
     return {**payload, **a1111_metadata(embedding)}

@@ -47,7 +47,8 @@ def test_write_then_read_gives_the_same_embedding(tmp_path, suffix, case):
     assert loaded.is_sdxl == original.is_sdxl
     assert loaded.model_family == original.model_family
     assert loaded.format == FORMAT_OF[suffix]
-    if KEEPS_METADATA[suffix]:
+    # SDXL .pt and image embeddings hold the two tensors only (A1111's loader detaches every key).
+    if KEEPS_METADATA[suffix] and not (original.is_sdxl and suffix != ".safetensors"):
         assert (loaded.step, loaded.checkpoint_hash, loaded.checkpoint_name) == (original.step, original.checkpoint_hash, original.checkpoint_name)
     else:
         assert (loaded.step, loaded.checkpoint_hash) == (None, None)
@@ -170,3 +171,23 @@ def test_safetensors_file_is_read_by_the_safetensors_library(tmp_path):
 def test_pickle_allow_list_has_no_callables_that_run_code():
     risky = {("builtins", "eval"), ("builtins", "exec"), ("builtins", "getattr"), ("os", "system"), ("builtins", "__import__")}
     assert not risky & ALLOWED_GLOBALS
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".png"])
+def test_an_sdxl_file_passes_a1111s_sdxl_loader(tmp_path, suffix):
+    """A1111 v1.10 (textual_inversion.py, create_embedding_from_data) for a dict with clip_g:
+    `emb = {k: v.detach().to(device, torch.float32) for k, v in data.items()}`, shape = sum of the
+    widths. Anything but tensors in the dict breaks it; ours holds exactly clip_l and clip_g."""
+    from ti.formats.payload import a1111_dict
+
+    embedding = EMBEDDINGS["sdxl clip_l + clip_g"]
+    data = a1111_dict(embedding)
+    assert set(data) == {"clip_l", "clip_g"}
+    a1111_view = {key: value.detach().to("cpu", torch.float32) for key, value in data.items()}
+    assert sum(value.shape[-1] for value in a1111_view.values()) == 2048
+    path = save_embedding_file(embedding, tmp_path / f"xl_detail{suffix}")
+    if suffix == ".pt":
+        stored = torch.load(path, weights_only=True)
+        assert set(stored) == {"clip_l", "clip_g"}
+    back = load_embedding_file(path)  # ours reads it back: name from the file, no step (none stored)
+    assert back.is_sdxl and torch.equal(back.vectors, embedding.vectors) and back.name == "xl_detail"

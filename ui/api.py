@@ -17,6 +17,7 @@ import base64
 import binascii
 import io
 import json
+import logging
 import secrets
 import threading
 import time
@@ -37,6 +38,8 @@ from ti.infotext import parse_infotext
 from ti.samplers import SAMPLERS, SCHEDULE_TYPES, split_sampler_name
 from ui.jobs import StopToken
 from ui.services import AppServices
+
+log = logging.getLogger(__name__)
 
 # A1111's sampler aliases (k-diffusion names), for GET samplers.
 SAMPLER_ALIASES = {
@@ -283,6 +286,9 @@ def build_api_router(services: AppServices, credentials: list[tuple[str, str]] |
             return error.response()
         except TIError as error:
             return ApiError(422, type(error).__name__, str(error)).response()
+        except Exception as error:  # A1111's shape for the unexpected too; the traceback goes to the log
+            log.exception("API request failed")
+            return ApiError(500, type(error).__name__, str(error)).response()
 
     @router.post("/txt2img")
     def api_txt2img(request: Txt2ImgRequest):

@@ -189,3 +189,24 @@ def _info_json(arguments, capsys):
 
     assert main([*arguments, "--json"]) == 0
     return capsys.readouterr().out.strip().splitlines()[-1]
+
+
+def test_convert_joins_diffusers_two_file_sdxl_output(tmp_path, capsys):
+    import torch
+    from safetensors.torch import save_file
+
+    from ti.cli import main
+    from ti.formats import load_embedding_file
+
+    clip_l, clip_g = torch.randn(2, 768), torch.randn(2, 1280)
+    save_file({"<my-xl>": clip_l}, str(tmp_path / "learned_embeds.safetensors"))  # as diffusers' SDXL script saves
+    save_file({"<my-xl>": clip_g}, str(tmp_path / "learned_embeds_2.safetensors"))
+    for out in ("my-xl.safetensors", "my-xl.pt"):
+        assert main(["convert", str(tmp_path / "learned_embeds.safetensors"), str(tmp_path / out)]) == 0
+        assert "joined with" in capsys.readouterr().out
+        joined = load_embedding_file(tmp_path / out)
+        assert joined.is_sdxl and joined.name == "my-xl" and joined.model_family == "sdxl"
+        assert torch.equal(joined.sdxl_parts()["clip_l"], clip_l) and torch.equal(joined.sdxl_parts()["clip_g"], clip_g)
+    save_file({"<my-xl>": torch.randn(3, 1280)}, str(tmp_path / "learned_embeds_2.safetensors"))
+    assert main(["convert", str(tmp_path / "learned_embeds.safetensors"), str(tmp_path / "bad.pt")]) == 2
+    assert "must be 2 x 1280" in capsys.readouterr().err

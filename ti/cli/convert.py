@@ -1,4 +1,10 @@
-"""`python -m ti convert IN OUT [--overwrite]`: between .pt .bin .safetensors .png .webp, by extension."""
+"""`python -m ti convert IN OUT [--overwrite]`: between .pt .bin .safetensors .png .webp, by extension.
+
+diffusers' SDXL textual-inversion script writes two files, `learned_embeds.safetensors` (the
+first text encoder, 768 wide) and `learned_embeds_2.safetensors` (the second, 1280 wide), that no
+other tool reads as a pair (diffusers#7511): given the first, convert joins its `_2` sibling into
+one SDXL embedding {clip_l, clip_g} that A1111, ComfyUI, kohya and we load.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,9 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+import torch
+
+from ti.embedding import SDXL_G_WIDTH, SDXL_L_WIDTH, Embedding
 from ti.errors import ConfigError
 from ti.formats import EMBEDDING_SUFFIXES, load_embedding_file, save_embedding_file
 
@@ -16,6 +25,30 @@ def register(subparsers) -> None:
     parser.add_argument("output", type=Path, metavar="OUT", help="file to write; its extension picks the format")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     parser.set_defaults(func=run)
+
+
+def sdxl_sibling(source: Path) -> Path | None:
+    """diffusers' second-encoder file beside `source`: <stem>_2<suffix>, when it exists."""
+    sibling = source.with_name(f"{source.stem}_2{source.suffix}")
+    return sibling if sibling.is_file() else None
+
+
+def join_diffusers_sdxl_pair(source: Path, first: Embedding) -> Embedding:
+    """The SDXL embedding of a diffusers pair (first: the 768-wide file, with its _2 sibling of
+    1280), or `first` unchanged when it is no such pair.
+
+    Raises:
+        ConfigError: a _2 sibling that does not fit (another width or another vector count).
+    """
+    sibling = sdxl_sibling(source)
+    if first.is_sdxl or first.dim != SDXL_L_WIDTH or sibling is None:
+        return first
+    second = load_embedding_file(sibling)
+    if second.dim != SDXL_G_WIDTH or second.num_vectors != first.num_vectors:
+        raise ConfigError("IN", f"{sibling} is {second.num_vectors} x {second.dim}; the second half of an SDXL "
+                                f"pair must be {first.num_vectors} x {SDXL_G_WIDTH}")
+    return dataclasses.replace(first, vectors=torch.cat([first.vectors, second.vectors], dim=1), is_sdxl=True,
+                               format=first.format)
 
 
 def convert_embedding_file(source: Path, target: Path, overwrite: bool = False) -> Path:
@@ -36,7 +69,7 @@ def convert_embedding_file(source: Path, target: Path, overwrite: bool = False) 
         raise ConfigError("OUT", f"{target} is the input file itself")
     if target.exists() and not overwrite:
         raise ConfigError("OUT", f"{target} exists; pass --overwrite to replace it")
-    embedding = load_embedding_file(source)
+    embedding = join_diffusers_sdxl_pair(source, load_embedding_file(source))
     renamed = dataclasses.replace(embedding, name=target.stem)
     return save_embedding_file(renamed, target)
 
@@ -44,5 +77,7 @@ def convert_embedding_file(source: Path, target: Path, overwrite: bool = False) 
 def run(args: argparse.Namespace) -> int:
     written = convert_embedding_file(args.input, args.output, overwrite=args.overwrite)
     embedding = load_embedding_file(written)  # read back: what was written is what users get
-    print(f"wrote {written} ({embedding.format}, {embedding.num_vectors} x {embedding.dim}, {embedding.model_family})")
+    joined = sdxl_sibling(Path(args.input)) if embedding.is_sdxl else None
+    note = f", joined with {joined}" if joined is not None and not load_embedding_file(args.input).is_sdxl else ""
+    print(f"wrote {written} ({embedding.format}, {embedding.num_vectors} x {embedding.dim}, {embedding.model_family}{note})")
     return 0

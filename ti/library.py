@@ -26,6 +26,8 @@ class SkippedFile:
 
     path: Path
     reason: str
+    # A readable embedding of the wrong width for this model (A1111 lists these as "skipped").
+    embedding: Embedding | None = None
 
 
 @dataclass
@@ -183,7 +185,7 @@ class EmbeddingLibrary:
                 continue
             reason = _width_reason(result, self.expected_width) if self.expected_width else None
             if reason:
-                snapshot.skipped.append(SkippedFile(path, reason))
+                snapshot.skipped.append(SkippedFile(path, reason, result))
                 continue
             if not torch.isfinite(result.vectors).all():
                 snapshot.skipped.append(SkippedFile(path, "vectors contain NaN or infinity"))
@@ -199,7 +201,7 @@ class EmbeddingLibrary:
             snapshot.embeddings[result.name] = result
         snapshot.embeddings = dict(sorted(snapshot.embeddings.items(), key=lambda kv: kv[0].lower()))
         # What the page and the console show: no lone surrogates from non-UTF-8 folder names.
-        snapshot.skipped = sorted((SkippedFile(printable_path(s.path), s.reason) for s in snapshot.skipped),
+        snapshot.skipped = sorted((SkippedFile(printable_path(s.path), s.reason, s.embedding) for s in snapshot.skipped),
                                   key=lambda s: str(s.path).lower())
         snapshot.warnings = [printable_text(warning) for warning in snapshot.warnings]
         return snapshot

@@ -199,7 +199,7 @@ def generate_config_for(request: Txt2ImgRequest, services: AppServices) -> Gener
         raise ApiError(422, "UnsupportedField", f"sampler_name: {sampler!r} is not one of ours ({', '.join(SAMPLERS)})")
     schedule = implied if implied != "Automatic" else scheduler_label(request.scheduler)
     overrides = request.override_settings or {}
-    clip_skip = int(overrides.get("CLIP_stop_at_last_layers", 1))
+    clip_skip = int(overrides.get("CLIP_stop_at_last_layers", services.api_options.get("CLIP_stop_at_last_layers", 1)))
     prompt = request.prompt
     hypernetwork = overrides.get("sd_hypernetwork") or services.api_options.get("sd_hypernetwork")
     if hypernetwork and hypernetwork != "None":
@@ -445,11 +445,19 @@ def build_api_router(services: AppServices, credentials: list[tuple[str, str]] |
         else:
             fraction, job, job_count, job_no, sampling = 0.0, "", 0, 0, (0, 0)
         eta = snapshot.eta_seconds if job.startswith("train") else None
+        current_image = None  # A1111's live preview: for training, its latest preview picture
+        preview = snapshot.details.get("preview") if job.startswith("train") and not skip_current_image else None
+        if preview:
+            try:
+                with open(preview, "rb") as handle:
+                    current_image = base64.b64encode(handle.read()).decode("ascii")
+            except OSError:
+                current_image = None
         return {"progress": fraction, "eta_relative": eta or 0.0,
                 "state": {"skipped": False, "interrupted": False, "stopping_generation": False, "job": job,
                           "job_count": job_count, "job_timestamp": "0", "job_no": job_no,
                           "sampling_step": sampling[0], "sampling_steps": sampling[1]},
-                "current_image": None, "textinfo": snapshot.message if job.startswith("train") else None}
+                "current_image": current_image, "textinfo": snapshot.message if job.startswith("train") else None}
 
     @router.post("/interrupt")
     def api_interrupt():
@@ -467,7 +475,8 @@ def build_api_router(services: AppServices, credentials: list[tuple[str, str]] |
     def api_get_options():
         model = services.model
         return {"sd_model_checkpoint": model_title(model) if model else "", "sd_checkpoint_hash": model.sha256 if model else None,
-                "sd_hypernetwork": services.api_options.get("sd_hypernetwork", "None"), "CLIP_stop_at_last_layers": 1,
+                "sd_hypernetwork": services.api_options.get("sd_hypernetwork", "None"),
+                "CLIP_stop_at_last_layers": services.api_options.get("CLIP_stop_at_last_layers", 1),
                 "sd_vae": "Automatic", "samples_format": "png", "enable_pnginfo": True,
                 "textual_inversion_add_hashes_to_infotext": True, "extra_networks_default_multiplier": 1.0}
 
@@ -485,6 +494,12 @@ def build_api_router(services: AppServices, credentials: list[tuple[str, str]] |
                 if name != "None" and name not in services.hypernetwork_names():
                     raise ApiError(500, "RuntimeError", f"hypernetwork {name!r} not found")
                 services.api_options["sd_hypernetwork"] = name
+            if "CLIP_stop_at_last_layers" in options:
+                from ti.config import check_clip_skip
+
+                value = options["CLIP_stop_at_last_layers"]
+                check_clip_skip(int(value) if isinstance(value, (int, float, str)) and str(value).isdigit() else value)
+                services.api_options["CLIP_stop_at_last_layers"] = int(value)
             return None
         return answer(work)
 
@@ -513,7 +528,10 @@ def build_api_router(services: AppServices, credentials: list[tuple[str, str]] |
             return {"step": embedding.step, "sd_checkpoint": embedding.checkpoint_hash,
                     "sd_checkpoint_name": embedding.checkpoint_name, "shape": embedding.dim,
                     "vectors": embedding.num_vectors}
-        return {"loaded": {name: entry(embedding) for name, embedding in snapshot.embeddings.items()}, "skipped": {}}
+        # A1111's "skipped": readable embeddings of another width; unreadable files are in neither.
+        skipped = {item.embedding.name: entry(item.embedding) for item in snapshot.skipped if item.embedding is not None}
+        return {"loaded": {name: entry(embedding) for name, embedding in snapshot.embeddings.items()},
+                "skipped": skipped}
 
     @router.get("/hypernetworks")
     def api_hypernetworks():

@@ -31,6 +31,7 @@ def api_studio(tmp_path_factory, app_launcher):
     root = tmp_path_factory.mktemp("api-studio")
     (root / "embeddings").mkdir()
     save_embedding_file(Embedding("apistyle", torch.randn(2, 32) * 0.02, step=4), root / "embeddings" / "apistyle.pt")
+    save_embedding_file(Embedding("sd1style", torch.randn(1, 768), step=9), root / "embeddings" / "sd1style.pt")
     with app_launcher(root, "--api") as running:
         _wait_for_api(running[0])
         yield running
@@ -99,7 +100,15 @@ def test_lists_options_and_flags(api):
     embeddings = requests.get(f"{api}/embeddings", timeout=30).json()
     assert embeddings["loaded"]["apistyle"] == {"step": 4, "sd_checkpoint": None, "sd_checkpoint_name": None,
                                                 "shape": 32, "vectors": 2}
+    assert embeddings["skipped"] == {"sd1style": {"step": 9, "sd_checkpoint": None, "sd_checkpoint_name": None,
+                                                  "shape": 768, "vectors": 1}}  # readable, wrong width: as A1111
     assert requests.get(f"{api}/scripts", timeout=30).json() == {"txt2img": [], "img2img": []}
+    assert requests.post(f"{api}/options", json={"CLIP_stop_at_last_layers": 2}, timeout=30).status_code == 200
+    assert requests.get(f"{api}/options", timeout=30).json()["CLIP_stop_at_last_layers"] == 2
+    body = requests.post(f"{api}/txt2img", json={"prompt": "x", "width": 64, "height": 64, "steps": 1}, timeout=60).json()
+    assert "Clip skip: 2" in json.loads(body["info"])["infotexts"][0]
+    assert requests.post(f"{api}/options", json={"CLIP_stop_at_last_layers": 1}, timeout=30).status_code == 200
+    assert requests.post(f"{api}/options", json={"CLIP_stop_at_last_layers": 40}, timeout=30).status_code == 422
     progress = requests.get(f"{api}/progress", timeout=30).json()
     assert progress["progress"] == 0 and progress["state"]["job_count"] == 0
     assert requests.post(f"{api}/interrupt", timeout=30).json() == {}
@@ -226,13 +235,16 @@ def test_create_train_with_progress_and_interrupt_through_the_api(api, api_studi
 
     replies = []
     worker = threading.Thread(target=lambda: replies.append(
-        requests.post(f"{api}/train/embedding", json={**body, "steps": 100000}, timeout=300).json()))
+        requests.post(f"{api}/train/embedding", json={**body, "steps": 100000, "create_image_every": 2,
+                                                     "preview_steps": 1}, timeout=300).json()))
     worker.start()
     deadline = time.time() + 120
-    while (state := requests.get(f"{api}/progress", timeout=30).json())["state"]["job_no"] < 5:
+    while (state := requests.get(f"{api}/progress", timeout=30).json())["state"]["job_no"] < 5 \
+            or state["current_image"] is None:
         assert time.time() < deadline and worker.is_alive(), state
         time.sleep(0.1)
     assert state["state"]["job"] == "train-embedding" and state["state"]["job_count"] == 100000
+    assert _image(state["current_image"]).size == (64, 64)  # its latest preview
     requests.post(f"{api}/interrupt", timeout=30)
     worker.join(120)
     assert replies[0]["info"].endswith("error: None")
@@ -262,3 +274,38 @@ def test_docs_list_the_routes(api_studio):
     assert requests.get(f"{url}docs", timeout=30).status_code == 200
     paths = requests.get(f"{url}openapi.json", timeout=30).json()["paths"]
     assert {"/sdapi/v1/txt2img", "/sdapi/v1/png-info", "/sdapi/v1/train/embedding"} <= set(paths)
+
+
+def test_an_api_call_and_a_page_generation_at_once_keep_their_own_results(ui):
+    """In-process: the page's txt2img callback and the API's txt2img on the same services, run
+    together; each picture equals the one made alone (same prompt and seed), nothing mixed."""
+    import threading
+
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from ui.api import build_api_router
+
+    app = FastAPI()
+    app.include_router(build_api_router(ui.services, None, {}))
+    client = TestClient(app)
+    api_body = {"prompt": "a blue house", "width": 64, "height": 64, "steps": 3, "seed": 21, "sampler_name": "Euler a"}
+    page_values = dict(txt2img_prompt="a red tree", txt2img_steps=3, txt2img_seed=22, txt2img_width=64,
+                       txt2img_height=64)
+
+    def api_picture():
+        return _image(client.post("/sdapi/v1/txt2img", json=api_body).json()["images"][0]).convert("RGB").tobytes()
+
+    def page_picture():
+        gallery = ui.call("on_generate", **page_values)[0]
+        return Image.open(gallery[0][0]).convert("RGB").tobytes()
+
+    alone = {"api": api_picture(), "page": page_picture()}
+    together = {}
+    threads = [threading.Thread(target=lambda: together.__setitem__("api", api_picture())),
+               threading.Thread(target=lambda: together.__setitem__("page", page_picture()))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert together == alone and alone["api"] != alone["page"]

@@ -47,6 +47,9 @@ def effective_clip_skip(model, requested: int) -> tuple[int, str | None]:
     if requested > 1 and model.family == "sd2":
         return 1, (f"Clip skip {requested} is ignored for SD 2.x models, as in A1111 (their text encoder "
                    "already ends at the penultimate layer)")
+    if requested > 1 and model.family == "sdxl":
+        return 1, (f"Clip skip {requested} is ignored for SDXL, as in A1111 (SDXL already takes both "
+                   "encoders' penultimate layers)")
     return requested, None
 
 
@@ -77,11 +80,15 @@ class PromptEncoder:
     N > 1 the output N-1 layers before it, with the final layer norm applied to it as A1111 does.
     """
 
-    def __init__(self, tokenizer, text_encoder, vectors_by_name: Mapping[str, torch.Tensor], clip_skip: int = 1):
+    def __init__(self, tokenizer, text_encoder, vectors_by_name: Mapping[str, torch.Tensor], clip_skip: int = 1,
+                 penultimate: bool = False):
+        """penultimate: SDXL's context, hidden_states[-2] with no final layer norm (clip_skip unused)."""
         if len(tokenizer) <= 2:
             raise ValueError("the tokenizer is empty (an offline hub load returns an empty tokenizer)")
         check_clip_skip_for(clip_skip, text_encoder)
         self.clip_skip = int(clip_skip)
+        self.penultimate = penultimate
+        self.last_pooled: torch.Tensor | None = None  # text_embeds of the last first chunk encoded (SDXL's te2)
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
         self.vectors_by_name = dict(vectors_by_name)
@@ -121,10 +128,10 @@ class PromptEncoder:
             outputs = []
             for index in range(num_chunks):
                 chunks = [p.chunks[index] if index < len(p.chunks) else self.empty_chunk() for p in parsed]
-                outputs.append(self._encode_chunks(chunks, device))
+                outputs.append(self._encode_chunks(chunks, device, keep_pooled=index == 0))
         return torch.cat(outputs, dim=1)
 
-    def _encode_chunks(self, chunks: list[PromptChunk], device: torch.device) -> torch.Tensor:
+    def _encode_chunks(self, chunks: list[PromptChunk], device: torch.device, keep_pooled: bool = False) -> torch.Tensor:
         token_rows = []
         for chunk in chunks:
             tokens = list(chunk.tokens)
@@ -135,7 +142,12 @@ class PromptEncoder:
         input_ids = torch.tensor(token_rows, dtype=torch.long, device=device)
         splices = [[(m.offset, self.vectors_by_name[m.name]) for m in chunk.matches] for chunk in chunks]
         with token_embedding_hook(self.text_encoder, splices):
-            if self.clip_skip > 1:
+            if self.penultimate:
+                outputs = self.text_encoder(input_ids, output_hidden_states=True)
+                hidden = outputs.hidden_states[-2]
+                if keep_pooled:  # SDXL's pooled: te2's projection of its last layer at EOS, first chunk only
+                    self.last_pooled = getattr(outputs, "text_embeds", None)
+            elif self.clip_skip > 1:
                 outputs = self.text_encoder(input_ids, output_hidden_states=True)
                 hidden = final_layer_norm(self.text_encoder)(outputs.hidden_states[-self.clip_skip])
             else:
@@ -149,3 +161,47 @@ class PromptEncoder:
         hidden32 = hidden32 * weights.unsqueeze(-1)
         hidden32 = hidden32 * (original_mean / hidden32.mean())
         return hidden32.to(hidden.dtype)
+
+
+@dataclass
+class Conditioning:
+    """What the UNet is conditioned on: context [B, 77·k, C]; SDXL also a pooled text embedding [B, P]."""
+
+    context: torch.Tensor
+    pooled: torch.Tensor | None = None
+
+    def repeat(self, times: int) -> "Conditioning":
+        return Conditioning(self.context.repeat(times, 1, 1),
+                            None if self.pooled is None else self.pooled.repeat(times, 1))
+
+    def zeros_like(self) -> "Conditioning":
+        return Conditioning(torch.zeros_like(self.context), None if self.pooled is None else torch.zeros_like(self.pooled))
+
+
+class SDXLPromptEncoder:
+    """SDXL's two text encoders as A1111 uses them (../shared/reference/sdxl.md §3).
+
+    The prompt is chunked once (both tokenizers share CLIP's vocabulary); te1 gets each
+    embedding's clip_l rows and te2 its clip_g rows at the same offsets; the context is both
+    penultimate layers (no final layer norm) side by side, emphasis per encoder; the pooled
+    embedding is te2's projection of the first chunk. te2 pads with id 0 after the first EOS.
+    """
+
+    def __init__(self, tokenizer, text_encoder, tokenizer_2, text_encoder_2, vectors_by_name: Mapping[str, torch.Tensor]):
+        width_l = int(text_encoder.config.hidden_size)
+        self.encoder_l = PromptEncoder(tokenizer, text_encoder, {n: v[:, :width_l] for n, v in vectors_by_name.items()},
+                                       penultimate=True)
+        self.encoder_g = PromptEncoder(tokenizer_2, text_encoder_2,
+                                       {n: v[:, width_l:] for n, v in vectors_by_name.items()}, penultimate=True)
+        self.encoder_g.pad_id = 0  # whatever the folder's tokenizer says: SDXL's te2 was trained so
+        self.text_encoder = text_encoder
+
+    def parse(self, prompt: str) -> ParsedPrompt:
+        return self.encoder_l.parse(prompt)
+
+    def encode_parsed(self, parsed: list[ParsedPrompt], min_chunks: int = 1) -> Conditioning:
+        context_l = self.encoder_l.encode_parsed(parsed, min_chunks)
+        with module_lock(self.encoder_g.text_encoder):
+            context_g = self.encoder_g.encode_parsed(parsed, min_chunks)
+            pooled = self.encoder_g.last_pooled
+        return Conditioning(torch.cat([context_l, context_g.to(context_l.dtype)], dim=-1), pooled)

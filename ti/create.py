@@ -69,12 +69,18 @@ def create_embedding(model, name: str, init_text: str, num_vectors: int, embeddi
     from ti.formats import save_embedding_file
 
     clean_name = clean_embedding_name(name)
-    path = Path(embeddings_dir) / f"{clean_name}.pt"
+    is_sdxl = bool(getattr(model, "is_sdxl", False))
+    # SDXL: {clip_l, clip_g} in .safetensors, whose header keeps name, step and checkpoint (an SDXL
+    # .pt holds the two tensors only, for A1111's loader).
+    path = Path(embeddings_dir) / f"{clean_name}{'.safetensors' if is_sdxl else '.pt'}"
     if path.exists() and not overwrite:
         raise ConfigError("name", f"{path} already exists; tick overwrite to replace it")
     weight = model.text_encoder.get_input_embeddings().weight
     vectors = init_vectors(model.tokenizer, weight, init_text, int(num_vectors))
+    if is_sdxl:  # the init text through both tokenizers, each encoder's own rows
+        weight_2 = model.text_encoder_2.get_input_embeddings().weight
+        vectors = torch.cat([vectors, init_vectors(model.tokenizer_2, weight_2, init_text, int(num_vectors))], dim=1)
     embedding = Embedding(name=clean_name, vectors=vectors, step=0, checkpoint_hash=model.short_hash,
-                          checkpoint_name=model.name.replace("/", "_").replace("\\", "_"))
+                          checkpoint_name=model.name.replace("/", "_").replace("\\", "_"), is_sdxl=is_sdxl)
     path.parent.mkdir(parents=True, exist_ok=True)
     return save_embedding_file(embedding, path)

@@ -169,3 +169,49 @@ def build_demo_pipeline(text_width: int = 32, seed: int = 0, scheduler_name: str
     for module in (unet, vae, text_encoder):
         module.eval().requires_grad_(False)
     return pipe
+
+
+def build_demo_sdxl_pipeline(seed: int = 0):
+    """A tiny SDXL-shaped StableDiffusionXLPipeline with fixed random weights, for tests.
+
+    Its two text encoders are SDXL's real widths (768 and 1280, few and narrow layers), so real
+    SDXL embeddings ({clip_l: 768, clip_g: 1280}) fit; the UNet takes SDXL's added conditioning
+    (pooled text embeds and the six time ids). Tokenizer 2 pads with "!" (id 0), as SDXL's does.
+    """
+    from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from ti.samplers import make_scheduler
+
+    tokenizer = build_demo_tokenizer()
+    tokenizer_2 = CLIPTokenizer.from_pretrained(str(_tokenizer_dir()), model_max_length=77, pad_token="!")
+
+    def text_config(width: int, heads: int, **extra) -> CLIPTextConfig:
+        return CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=64, num_hidden_layers=3,
+                              num_attention_heads=heads, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **extra)
+
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(text_config(768, 12))
+    torch.manual_seed(seed + 1)
+    text_encoder_2 = CLIPTextModelWithProjection(text_config(1280, 20, projection_dim=1280))
+    torch.manual_seed(seed + 2)
+    unet = UNet2DConditionModel(
+        sample_size=64, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=768 + 1280, attention_head_dim=8, norm_num_groups=32, use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 1280,
+    )
+    torch.manual_seed(seed + 3)
+    vae = AutoencoderKL(
+        block_out_channels=(8, 8, 16, 16), in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, norm_num_groups=8, layers_per_block=1,
+        sample_size=64, scaling_factor=0.13025, force_upcast=True,
+    )
+    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                                     tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet,
+                                     scheduler=make_scheduler("Euler", None), add_watermarker=False)
+    pipe.set_progress_bar_config(disable=True)
+    for module in (unet, vae, text_encoder, text_encoder_2):
+        module.eval().requires_grad_(False)
+    return pipe

@@ -16,7 +16,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from ti import __version__
-from ti.conditioning import PromptEncoder, effective_clip_skip
+from ti.conditioning import Conditioning, PromptEncoder, SDXLPromptEncoder, effective_clip_skip
 from ti.config import GenerateConfig
 from ti.embedding import Embedding
 from ti.errors import ConfigError
@@ -110,8 +110,11 @@ def txt2img(
     scheduler = make_scheduler(config.sampler, dict(pipe.scheduler.config), config.schedule_type)
     # A fresh pipeline object over the same modules, for its helpers (extra step arguments, image
     # post-processing): the sampler belongs to this call only, so two generations at once don't mix.
-    run_pipe = type(pipe)(**{**pipe.components, "scheduler": scheduler},
-                          requires_safety_checker=getattr(pipe.config, "requires_safety_checker", False))
+    if model.is_sdxl:  # (the SDXL pipeline takes no safety-checker flag; its watermarker stays off)
+        run_pipe = type(pipe)(**{**pipe.components, "scheduler": scheduler}, add_watermarker=False)
+    else:
+        run_pipe = type(pipe)(**{**pipe.components, "scheduler": scheduler},
+                              requires_safety_checker=getattr(pipe.config, "requires_safety_checker", False))
 
     prompt_text, hypernet_tags = parse_hypernet_tags(config.prompt)
     negative_text, _ = parse_hypernet_tags(config.negative_prompt)
@@ -120,8 +123,12 @@ def txt2img(
     hypernetwork_pairs = hypernetworks.resolve(hypernet_tags) if hypernet_tags else []
 
     clip_skip, clip_skip_note = effective_clip_skip(model, config.clip_skip)
-    encoder = PromptEncoder(model.tokenizer, model.text_encoder, {n: e.vectors for n, e in embeddings.items()},
-                            clip_skip=clip_skip)
+    vectors = {n: e.vectors for n, e in embeddings.items()}
+    if model.is_sdxl:
+        encoder = SDXLPromptEncoder(model.tokenizer, model.text_encoder, model.tokenizer_2, model.text_encoder_2,
+                                    vectors)
+    else:
+        encoder = PromptEncoder(model.tokenizer, model.text_encoder, vectors, clip_skip=clip_skip)
     # Prompt editing and alternation: the texts each prompt takes over the steps, each parsed once.
     schedules = [merged_schedule(prompt_schedule(text, config.steps)) for text in (prompt_text, negative_text)]
     parsed = {text: encoder.parse(text) for schedule in schedules for _, text in schedule}
@@ -140,11 +147,18 @@ def txt2img(
     # A training run with "unload" may have parked the text encoder (and the VAE) on the CPU:
     # bring each over for this call under its lock, and back afterwards.
     with torch.no_grad(), on_device(model.text_encoder, model.device):
-        def encode(text: str) -> torch.Tensor:  # each prompt at its own length (no padding)
-            return encoder.encode_parsed([parsed[text]]).repeat(batch, 1, 1)
+        def encode(text: str) -> Conditioning:  # each prompt at its own length (no padding)
+            encoded = encoder.encode_parsed([parsed[text]])
+            conditioning = encoded if isinstance(encoded, Conditioning) else Conditioning(encoded)
+            return conditioning.repeat(batch)
 
         cond = ConditioningSchedule.encoded(schedules[0], encode)
         uncond = ConditioningSchedule.encoded(schedules[1], encode)
+        if model.is_sdxl:
+            # A1111 (and Forge) zero an empty SDXL negative, context and pooled, wherever the
+            # schedule has one (diffusers zeroes only a missing one); the time ids stay.
+            uncond = ConditioningSchedule([(end, conditioning.zeros_like() if text == "" else conditioning)
+                                           for (end, conditioning), (_, text) in zip(uncond.entries, schedules[1])])
     first_seed = resolve_seed(config.seed)
     total_steps = config.steps * config.batch_count
     used = {n: embeddings[n] for n in used_names}

@@ -69,7 +69,7 @@ def printable_path(path: Path) -> Path:
 
 
 def _width_reason(embedding: Embedding, expected_width: int) -> str | None:
-    if embedding.is_sdxl:
+    if embedding.is_sdxl and embedding.dim != expected_width:
         return f"SDXL embedding ({embedding.dim} wide, clip_l + clip_g); this model needs {expected_width}"
     if embedding.dim != expected_width:
         return f"{embedding.dim} wide; this model needs {expected_width}"

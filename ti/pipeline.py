@@ -40,9 +40,16 @@ class LoadedModel:
         return self.sha256[:10]
 
     @property
+    def is_sdxl(self) -> bool:
+        return getattr(self.pipe, "text_encoder_2", None) is not None
+
+    @property
     def text_width(self) -> int:
-        """Width of the token embeddings: what an embedding must match."""
-        return int(self.pipe.text_encoder.get_input_embeddings().weight.shape[1])
+        """Width of the token embeddings: what an embedding must match (SDXL: clip_l + clip_g)."""
+        width = int(self.pipe.text_encoder.get_input_embeddings().weight.shape[1])
+        if self.is_sdxl:
+            width += int(self.pipe.text_encoder_2.get_input_embeddings().weight.shape[1])
+        return width
 
     @property
     def family(self) -> str:
@@ -55,6 +62,14 @@ class LoadedModel:
     @property
     def text_encoder(self):
         return self.pipe.text_encoder
+
+    @property
+    def tokenizer_2(self):
+        return getattr(self.pipe, "tokenizer_2", None)
+
+    @property
+    def text_encoder_2(self):
+        return getattr(self.pipe, "text_encoder_2", None)
 
 
 def pick_device(requested: str | None) -> torch.device:
@@ -112,6 +127,16 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
 
 
+def _folder_pipeline_class(folder: Path) -> str:
+    """model_index.json's _class_name ("" when unreadable)."""
+    import json
+
+    try:
+        return str(json.loads((folder / "model_index.json").read_text(encoding="utf-8")).get("_class_name", ""))
+    except (OSError, ValueError):
+        return ""
+
+
 def _load_diffusers(source: str, config: ModelConfig, dtype: torch.dtype):
     from diffusers import StableDiffusionPipeline
 
@@ -127,6 +152,16 @@ def _load_diffusers(source: str, config: ModelConfig, dtype: torch.dtype):
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise ModelLoadError(f"{source}: this folder is not a diffusers pipeline (no model_index.json)")
+        pipeline_class = _folder_pipeline_class(path)
+        if pipeline_class == "StableDiffusionXLPipeline":
+            from diffusers import StableDiffusionXLPipeline
+
+            # No watermarker: it changes pixels whenever the invisible-watermark package is present.
+            return StableDiffusionXLPipeline.from_pretrained(str(path), local_files_only=True, torch_dtype=dtype,
+                                                             add_watermarker=False)
+        if pipeline_class.startswith("StableDiffusionXL"):
+            raise ModelLoadError(f"{source}: {pipeline_class} models (the SDXL refiner, inpainting) are not supported; "
+                                 "use an SDXL base model")
         return StableDiffusionPipeline.from_pretrained(str(path), local_files_only=True, **common)
     if source.count("/") == 1 and not source.startswith((".", "/")) and not path.suffix:
         if _offline():
@@ -159,12 +194,13 @@ def load_model(config: ModelConfig, hash_cache: HashCache | None = None) -> Load
     except Exception as exc:  # diffusers raises many kinds (OSError, KeyError, safetensors errors...)
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"{config.model}: could not load a Stable Diffusion model ({first_line})") from exc
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        raise ModelLoadError(f"{config.model}: SDXL models are not supported yet (SD 1.x and 2.x are)")
+    if getattr(pipe, "text_encoder_2", None) is not None and type(pipe).__name__ != "StableDiffusionXLPipeline":
+        raise ModelLoadError(f"{config.model}: this SDXL checkpoint loads only as a diffusers folder for now")
     pipe.set_progress_bar_config(disable=True)
     pipe.to(device)
-    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
-        module.eval().requires_grad_(False)
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
+        if module is not None:
+            module.eval().requires_grad_(False)
     path = Path(config.model)
     if path.is_file():
         sha, legacy, name = hash_cache.sha256(path), legacy_model_hash(path), path.stem

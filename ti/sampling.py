@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ti.conditioning import Conditioning
 from ti.prompt_schedule import ScheduleEntry
 
 
@@ -25,9 +26,9 @@ class ConditioningSchedule:
     """One prompt's conditioning over the sampler steps: (end_at_step, tensor [B, 77·k, C]),
     as A1111's reconstruct_cond_batch picks it (see ti.prompt_schedule.step_text)."""
 
-    entries: list[tuple[int, torch.Tensor]]
+    entries: list[tuple[int, Conditioning]]
 
-    def at(self, sampling_step: int) -> torch.Tensor:
+    def at(self, sampling_step: int) -> Conditioning:
         for end_at_step, conditioning in self.entries:
             if sampling_step <= end_at_step:
                 return conditioning
@@ -38,15 +39,29 @@ class ConditioningSchedule:
         return len(self.entries) > 1
 
     @classmethod
-    def encoded(cls, schedule: Sequence[ScheduleEntry], encode: Callable[[str], torch.Tensor]) -> "ConditioningSchedule":
+    def encoded(cls, schedule: Sequence[ScheduleEntry], encode: Callable[[str], Conditioning]) -> "ConditioningSchedule":
         """Encode each distinct text once (schedule merged by the caller)."""
-        by_text: dict[str, torch.Tensor] = {}
+        by_text: dict[str, Conditioning] = {}
         entries = []
         for end_at_step, text in schedule:
             if text not in by_text:
                 by_text[text] = encode(text)
             entries.append((end_at_step, by_text[text]))
         return cls(entries)
+
+
+def sdxl_time_ids(height: int, width: int, batch: int, dtype, device) -> torch.Tensor:
+    """SDXL's six size conditions at generation, as A1111 and diffusers: original = target = the
+    picture's size, crop (0, 0)."""
+    return torch.tensor([[height, width, 0, 0, height, width]] * batch, dtype=dtype, device=device)
+
+
+def _unet(unet, model_input, timestep, conditioning: Conditioning, time_ids):
+    added = None
+    if conditioning.pooled is not None:
+        added = {"text_embeds": conditioning.pooled, "time_ids": time_ids[: model_input.shape[0]]}
+    return unet(model_input, timestep, encoder_hidden_states=conditioning.context, added_cond_kwargs=added,
+                return_dict=False)[0]
 
 
 def denoise(pipe, scheduler, latents: torch.Tensor, steps: int, cfg_scale: float, cond: ConditioningSchedule,
@@ -65,24 +80,24 @@ def denoise(pipe, scheduler, latents: torch.Tensor, steps: int, cfg_scale: float
     extra_step_kwargs = pipe.prepare_extra_step_kwargs(generators, 0.0)
     guided = cfg_scale > 1 and unet.config.time_cond_proj_dim is None  # diffusers' rule
     steps_done = 0
+    height, width = latents.shape[-2] * pipe.vae_scale_factor, latents.shape[-1] * pipe.vae_scale_factor
+    time_ids = sdxl_time_ids(height, width, 2 * latents.shape[0], latents.dtype, latents.device)
     for index, timestep in enumerate(timesteps):
         positive, negative = cond.at(index), uncond.at(index)
         if guided:
             model_input = scheduler.scale_model_input(torch.cat([latents] * 2), timestep)
-            if positive.shape[1] == negative.shape[1]:
-                noise = unet(model_input, timestep, encoder_hidden_states=torch.cat([negative, positive]),
-                             return_dict=False)[0]
-                noise_negative, noise_positive = noise.chunk(2)
+            if positive.context.shape[1] == negative.context.shape[1]:
+                both = Conditioning(torch.cat([negative.context, positive.context]),
+                                    None if positive.pooled is None else torch.cat([negative.pooled, positive.pooled]))
+                noise_negative, noise_positive = _unet(unet, model_input, timestep, both, time_ids).chunk(2)
             else:  # A1111's default for different lengths: two passes, neither padded
                 half = latents.shape[0]
-                noise_negative = unet(model_input[:half], timestep, encoder_hidden_states=negative,
-                                      return_dict=False)[0]
-                noise_positive = unet(model_input[half:], timestep, encoder_hidden_states=positive,
-                                      return_dict=False)[0]
+                noise_negative = _unet(unet, model_input[:half], timestep, negative, time_ids)
+                noise_positive = _unet(unet, model_input[half:], timestep, positive, time_ids)
             noise_pred = noise_negative + cfg_scale * (noise_positive - noise_negative)
         else:
             model_input = scheduler.scale_model_input(latents, timestep)
-            noise_pred = unet(model_input, timestep, encoder_hidden_states=positive, return_dict=False)[0]
+            noise_pred = _unet(unet, model_input, timestep, positive, time_ids)
         latents = scheduler.step(noise_pred, timestep, latents, **extra_step_kwargs, return_dict=False)[0]
         steps_done = min(steps, math.ceil((index + 1) * steps / len(timesteps)))
         if on_step(steps_done):
@@ -91,6 +106,16 @@ def denoise(pipe, scheduler, latents: torch.Tensor, steps: int, cfg_scale: float
 
 
 def decode(pipe, latents: torch.Tensor, generators) -> list:
-    """Latents -> PIL images, as the pipeline decodes them (no safety checker)."""
-    image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False, generator=generators)[0]
+    """Latents -> PIL images, as the pipeline decodes them (no safety checker). SDXL's VAE
+    overflows in fp16 (force_upcast): it decodes in float32, as diffusers does, then goes back."""
+    vae = pipe.vae
+    upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+    if upcast:
+        vae.to(torch.float32)
+        latents = latents.float()
+    try:
+        image = vae.decode(latents / vae.config.scaling_factor, return_dict=False, generator=generators)[0]
+    finally:
+        if upcast:
+            vae.to(torch.float16)
     return pipe.image_processor.postprocess(image, output_type="pil", do_denormalize=[True] * image.shape[0])

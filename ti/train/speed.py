@@ -87,6 +87,9 @@ def _cast_model(model: LoadedModel, dtype: torch.dtype) -> LoadedModel:
 @contextmanager
 def model_for_training(model: LoadedModel, config: TrainConfig) -> Iterator[LoadedModel]:
     """The model the run trains with (see the module docstring); undoes what it set on exit."""
+    if getattr(model, "is_sdxl", False):
+        raise TrainingError(f"{model.name} is an SDXL model: training embeddings and hypernetworks on SDXL is not "
+                            "supported yet (generating with SDXL embeddings is)")
     dtype = training_dtype(model, config.mixed_precision)
     run_model = model if dtype == model.dtype else _cast_model(model, dtype)
     if run_model is not model:

@@ -1,0 +1,164 @@
+"""SDXL on a tiny SDXL-shaped pipeline (ti.demo.build_demo_sdxl_pipeline; SDXL's real text widths,
+768 and 1280): loading, conditioning equal to diffusers', SDXL embeddings in prompts, generation."""
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ti.conditioning import SDXLPromptEncoder
+from ti.config import GenerateConfig, ModelConfig
+from ti.embedding import Embedding
+from ti.errors import ModelLoadError, TrainingError
+from ti.formats import load_embedding_file, save_embedding_file
+from ti.generate import txt2img
+from ti.library import EmbeddingLibrary
+from ti.pipeline import LoadedModel, load_model
+from ti.samplers import make_scheduler
+
+
+@pytest.fixture(scope="module")
+def xl_pipe():
+    from ti.demo import build_demo_sdxl_pipeline
+
+    return build_demo_sdxl_pipeline()
+
+
+@pytest.fixture(scope="module")
+def xl_model(xl_pipe):
+    return LoadedModel(pipe=xl_pipe, name="tiny-xl", source="tiny-xl", sha256="ab" * 32, device=torch.device("cpu"),
+                       dtype=torch.float32)
+
+
+def _sdxl_embedding(name="xltok", count=2, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return Embedding(name, torch.cat([torch.randn(count, 768, generator=generator) * 0.02,
+                                      torch.randn(count, 1280, generator=generator) * 0.02], dim=1), is_sdxl=True,
+                     sha256="0123456789ab" * 5 + "0123")
+
+
+def _ours(pipe, prompt, embeddings=None):
+    encoder = SDXLPromptEncoder(pipe.tokenizer, pipe.text_encoder, pipe.tokenizer_2, pipe.text_encoder_2,
+                                {n: e.vectors for n, e in (embeddings or {}).items()})
+    with torch.no_grad():
+        return encoder.encode_parsed([encoder.parse(prompt)])
+
+
+def test_the_model_says_sdxl_and_takes_2048_wide_embeddings(xl_model):
+    assert xl_model.is_sdxl and xl_model.text_width == 2048 and xl_model.family == "sdxl"
+
+
+@pytest.mark.parametrize("prompt", ["a red tree", "a red tree, blue sky and a house", ""])
+def test_our_conditioning_equals_diffusers_encode_prompt(xl_pipe, prompt):
+    ours = _ours(xl_pipe, prompt)
+    with torch.no_grad():
+        context, _, pooled, _ = xl_pipe.encode_prompt(prompt, device=torch.device("cpu"), num_images_per_prompt=1,
+                                                      do_classifier_free_guidance=False)
+    assert torch.equal(ours.context, context) and torch.equal(ours.pooled, pooled)
+
+
+def test_an_sdxl_embedding_in_our_prompt_equals_diffusers_after_its_two_load_calls(xl_pipe):
+    """diffusers: load_textual_inversion(clip_l, te1) and (clip_g, te2); ours splices l into te1 and
+    g into te2 at the same offsets."""
+    embedding = _sdxl_embedding()
+    theirs_pipe = copy.deepcopy(xl_pipe)
+    parts = embedding.sdxl_parts()
+    theirs_pipe.load_textual_inversion(parts["clip_l"], token="xltok", text_encoder=theirs_pipe.text_encoder,
+                                       tokenizer=theirs_pipe.tokenizer)
+    theirs_pipe.load_textual_inversion(parts["clip_g"], token="xltok", text_encoder=theirs_pipe.text_encoder_2,
+                                       tokenizer=theirs_pipe.tokenizer_2)
+    with torch.no_grad():
+        context, _, pooled, _ = theirs_pipe.encode_prompt("a xltok tree", device=torch.device("cpu"),
+                                                          num_images_per_prompt=1, do_classifier_free_guidance=False)
+    ours = _ours(xl_pipe, "a xltok tree", {"xltok": embedding})
+    assert torch.allclose(ours.context, context, atol=1e-5) and torch.allclose(ours.pooled, pooled, atol=1e-5)
+    assert not torch.allclose(ours.context, _ours(xl_pipe, "a tree").context[:, :77], atol=1e-3)
+
+
+def test_txt2img_gives_diffusers_sdxl_picture_and_an_embedding_changes_it(xl_model, xl_pipe):
+    config = GenerateConfig(prompt="a red tree", negative_prompt="blurry", steps=3, width=64, height=64, seed=5,
+                            sampler="Euler")
+    ours = np.asarray(txt2img(xl_model, {}, config).images[0].image)
+    reference = type(xl_pipe)(**{**xl_pipe.components,
+                                 "scheduler": make_scheduler("Euler", dict(xl_pipe.scheduler.config))},
+                              add_watermarker=False)
+    reference.set_progress_bar_config(disable=True)
+    latents = torch.randn((4, 8, 8), generator=torch.Generator().manual_seed(5)).unsqueeze(0)
+    theirs = reference(prompt="a red tree", negative_prompt="blurry", num_inference_steps=3, height=64, width=64,
+                       latents=latents, generator=[torch.Generator().manual_seed(5)], guidance_scale=7.0).images[0]
+    assert np.array_equal(ours, np.asarray(theirs))
+    embedding = _sdxl_embedding(count=3, seed=1)
+    embedding.vectors *= 50  # strong enough to move a 3-step picture
+    with_it = txt2img(xl_model, {"xltok": embedding}, GenerateConfig(**{**config.to_dict(), "prompt": "a xltok tree"}))
+    assert with_it.used_embeddings == ["xltok"]
+    assert not np.array_equal(np.asarray(with_it.images[0].image),
+                              np.asarray(txt2img(xl_model, {}, GenerateConfig(**{**config.to_dict(),
+                                                                                "prompt": "a tree"})).images[0].image))
+
+
+def test_an_empty_negative_is_zeroed_as_a1111_does(xl_model, xl_pipe):
+    seen = []
+    handle = xl_pipe.unet.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append((kwargs["encoder_hidden_states"].clone(),
+                                                  kwargs["added_cond_kwargs"]["text_embeds"].clone())),
+        with_kwargs=True)
+    try:
+        txt2img(xl_model, {}, GenerateConfig(prompt="a tree", negative_prompt="", steps=1, width=64, height=64, seed=1))
+        txt2img(xl_model, {}, GenerateConfig(prompt="a tree", negative_prompt="blurry", steps=1, width=64, height=64,
+                                             seed=1))
+    finally:
+        handle.remove()
+    (empty_context, empty_pooled), (blurry_context, blurry_pooled) = seen
+    assert not empty_context[:1].any() and not empty_pooled[:1].any()  # negative half: zeros
+    assert empty_context[1:].any() and blurry_context[:1].any() and blurry_pooled[:1].any()
+
+
+def test_sd1_files_are_skipped_and_sdxl_files_used_on_sdxl(xl_model, tmp_path):
+    save_embedding_file(_sdxl_embedding("xlstyle"), tmp_path / "xlstyle.safetensors")
+    save_embedding_file(Embedding("sd1style", torch.randn(1, 768)), tmp_path / "sd1style.pt")
+    snapshot = EmbeddingLibrary(tmp_path, expected_width=xl_model.text_width).refresh()
+    assert list(snapshot.embeddings) == ["xlstyle"]
+    assert [(s.path.name, s.reason) for s in snapshot.skipped] == [("sd1style.pt", "768 wide; this model needs 2048")]
+
+
+def test_create_on_sdxl_writes_both_encoders_rows_and_training_is_refused_clearly(xl_model, tmp_path):
+    from ti.create import create_embedding
+    from ti.train import TrainConfig, train_embedding
+
+    path = create_embedding(xl_model, "xlnew", "red tree", 2, tmp_path)
+    assert path.name == "xlnew.safetensors"
+    created = load_embedding_file(path)
+    ids = xl_model.tokenizer("red tree", add_special_tokens=False)["input_ids"]
+    parts = created.sdxl_parts()
+    assert torch.equal(parts["clip_l"], xl_model.text_encoder.get_input_embeddings().weight[ids])
+    assert torch.equal(parts["clip_g"], xl_model.text_encoder_2.get_input_embeddings().weight[ids])
+    assert created.step == 0 and created.checkpoint_hash == xl_model.short_hash
+    data = tmp_path / "data"
+    data.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (64, 64)).save(data / "a.png")
+    config = TrainConfig(name="xlnew", data_dir=data, width=64, height=64, max_steps=1, save_every=0,
+                         preview_every=0, log_dir=str(tmp_path / "logs"))
+    with pytest.raises(TrainingError, match="SDXL model: training embeddings and hypernetworks on SDXL is not"):
+        train_embedding(xl_model, config, tmp_path)
+
+
+def test_an_sdxl_diffusers_folder_loads_and_the_refiner_is_refused(xl_pipe, tmp_path):
+    folder = tmp_path / "tiny-xl"
+    xl_pipe.save_pretrained(folder)
+    model = load_model(ModelConfig(model=str(folder), device="cpu"))
+    assert model.is_sdxl and model.name == "tiny-xl" and model.family == "sdxl"
+    assert txt2img(model, {}, GenerateConfig(prompt="a tree", steps=1, width=64, height=64, seed=1)).images
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusionXLImg2ImgPipeline"}))
+    with pytest.raises(ModelLoadError, match="the SDXL refiner, inpainting"):
+        load_model(ModelConfig(model=str(folder), device="cpu"))
+
+
+def test_clip_skip_is_ignored_on_sdxl_with_a_note_as_a1111(xl_model):
+    result = txt2img(xl_model, {}, GenerateConfig(prompt="a tree", steps=1, width=64, height=64, seed=1, clip_skip=2))
+    assert any("ignored for SDXL" in note for note in result.notes)
+    assert "Clip skip: 2" in result.images[0].infotext  # A1111 still writes it

@@ -162,3 +162,17 @@ def test_clip_skip_is_ignored_on_sdxl_with_a_note_as_a1111(xl_model):
     result = txt2img(xl_model, {}, GenerateConfig(prompt="a tree", steps=1, width=64, height=64, seed=1, clip_skip=2))
     assert any("ignored for SDXL" in note for note in result.notes)
     assert "Clip skip: 2" in result.images[0].infotext  # A1111 still writes it
+
+
+def test_a_hypernetwork_applies_to_sdxl_generation(xl_model, xl_pipe, tmp_path):
+    from ti.hypernetwork import HypernetworkLibrary, HypernetworkStructure, attention_widths, create_hypernetwork
+
+    widths = attention_widths(xl_pipe.unet)
+    assert 2048 in widths  # the text context: clip_l + clip_g
+    create_hypernetwork("xlhn", tmp_path, widths, HypernetworkStructure(weight_init="XavierNormal"), seed=1)
+    library = HypernetworkLibrary(tmp_path)
+    base = dict(steps=2, width=64, height=64, seed=1)
+    with_it = txt2img(xl_model, {}, GenerateConfig(prompt="a tree <hypernet:xlhn:1>", **base), hypernetworks=library)
+    without = txt2img(xl_model, {}, GenerateConfig(prompt="a tree", **base), hypernetworks=library)
+    assert with_it.notes == [] and with_it.hypernetworks == [("xlhn", 1.0)]
+    assert with_it.images[0].image.tobytes() != without.images[0].image.tobytes()

@@ -199,6 +199,10 @@ class SDXLPromptEncoder:
     def parse(self, prompt: str) -> ParsedPrompt:
         return self.encoder_l.parse(prompt)
 
+    def encode(self, prompts: list[str], min_chunks: int = 1) -> tuple[Conditioning, list[ParsedPrompt]]:
+        parsed = [self.parse(p) for p in prompts]
+        return self.encode_parsed(parsed, min_chunks), parsed
+
     def encode_parsed(self, parsed: list[ParsedPrompt], min_chunks: int = 1) -> Conditioning:
         context_l = self.encoder_l.encode_parsed(parsed, min_chunks)
         with module_lock(self.encoder_g.text_encoder):

@@ -18,13 +18,15 @@ __all__ = ["build_train_tab", "embedding_names", "loss_frame"]
 
 
 def embedding_names(services: AppServices) -> list[str]:
-    """Embeddings that can be trained: <name>.pt files at the top of the embeddings folder."""
+    """Embeddings that can be trained: <name>.pt files at the top of the embeddings folder
+    (<name>.safetensors on an SDXL model, where SDXL embeddings keep their step)."""
     services.library.refresh()
     folder = services.paths.embeddings_dir
     if not folder.is_dir():
         return []
     # Names that are not UTF-8 cannot travel to the page (Gradio's JSON refuses lone surrogates).
-    return sorted((p.stem for p in folder.glob("*.pt") if is_utf8_name(p.name)), key=str.lower)
+    pattern = "*.safetensors" if services.model is not None and services.model.is_sdxl else "*.pt"
+    return sorted((p.stem for p in folder.glob(pattern) if is_utf8_name(p.name)), key=str.lower)
 
 
 def build_train_tab(services: AppServices) -> dict[str, gr.components.Component]:

@@ -123,9 +123,8 @@ def test_sd1_files_are_skipped_and_sdxl_files_used_on_sdxl(xl_model, tmp_path):
     assert [(s.path.name, s.reason) for s in snapshot.skipped] == [("sd1style.pt", "768 wide; this model needs 2048")]
 
 
-def test_create_on_sdxl_writes_both_encoders_rows_and_training_is_refused_clearly(xl_model, tmp_path):
+def test_create_on_sdxl_writes_both_encoders_rows(xl_model, tmp_path):
     from ti.create import create_embedding
-    from ti.train import TrainConfig, train_embedding
 
     path = create_embedding(xl_model, "xlnew", "red tree", 2, tmp_path)
     assert path.name == "xlnew.safetensors"
@@ -135,15 +134,55 @@ def test_create_on_sdxl_writes_both_encoders_rows_and_training_is_refused_clearl
     assert torch.equal(parts["clip_l"], xl_model.text_encoder.get_input_embeddings().weight[ids])
     assert torch.equal(parts["clip_g"], xl_model.text_encoder_2.get_input_embeddings().weight[ids])
     assert created.step == 0 and created.checkpoint_hash == xl_model.short_hash
-    data = tmp_path / "data"
-    data.mkdir()
+
+
+def _xl_training(tmp_path, **options):
     from PIL import Image
 
-    Image.new("RGB", (64, 64)).save(data / "a.png")
-    config = TrainConfig(name="xlnew", data_dir=data, width=64, height=64, max_steps=1, save_every=0,
-                         preview_every=0, log_dir=str(tmp_path / "logs"))
-    with pytest.raises(TrainingError, match="SDXL model: training embeddings and hypernetworks on SDXL is not"):
-        train_embedding(xl_model, config, tmp_path)
+    from ti.train import TrainConfig
+
+    data = tmp_path / "data"
+    if not data.exists():
+        data.mkdir()
+        rng = np.random.default_rng(0)
+        for index in range(2):
+            Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(data / f"{index}-a red car.png")
+    values = dict(name="xltrain", data_dir=data, width=64, height=64, max_steps=2, save_every=0, preview_every=0,
+                  log_dir=str(tmp_path / "logs"), learning_rate="0.01")
+    return TrainConfig(**{**values, **options})
+
+
+def test_an_sdxl_embedding_trains_both_halves_saves_its_step_and_resumes_exactly(xl_model, tmp_path):
+    from ti.create import create_embedding
+    from ti.train import train_embedding
+
+    for folder in ("straight", "resumed"):
+        create_embedding(xl_model, "xltrain", "red car", 2, tmp_path / folder)
+    start = load_embedding_file(tmp_path / "straight" / "xltrain.safetensors").sdxl_parts()
+    result = train_embedding(xl_model, _xl_training(tmp_path, max_steps=4, preview_every=4, png_embedding=False),
+                             tmp_path / "straight")
+    straight = load_embedding_file(tmp_path / "straight" / "xltrain.safetensors")
+    assert result.stop_reason == "finished" and straight.step == 4 and straight.is_sdxl
+    parts = straight.sdxl_parts()
+    assert not torch.allclose(parts["clip_l"], start["clip_l"]) and not torch.allclose(parts["clip_g"], start["clip_g"])
+    [preview] = result.log_dir.glob("images/*.png")
+    from PIL import Image
+
+    with Image.open(preview) as picture:
+        assert "xltrain-4" in picture.info["parameters"] or "xltrain" in picture.info["parameters"]
+    train_embedding(xl_model, _xl_training(tmp_path, max_steps=2), tmp_path / "resumed")
+    assert load_embedding_file(tmp_path / "resumed" / "xltrain.safetensors").step == 2
+    train_embedding(xl_model, _xl_training(tmp_path, max_steps=4), tmp_path / "resumed")  # optimizer state too
+    assert torch.equal(load_embedding_file(tmp_path / "resumed" / "xltrain.safetensors").vectors, straight.vectors)
+
+
+def test_sdxl_hypernetwork_training_is_refused_clearly(xl_model, tmp_path):
+    from ti.train import HypernetworkTrainConfig, train_hypernetwork
+
+    config = HypernetworkTrainConfig(**{**_xl_training(tmp_path).to_dict(), "name": "xlhn", "template": "hypernetwork.txt",
+                                        "learning_rate": "0.00001", "png_embedding": False})
+    with pytest.raises(TrainingError, match="training hypernetworks on SDXL is not supported yet"):
+        train_hypernetwork(xl_model, config, tmp_path)
 
 
 def test_an_sdxl_diffusers_folder_loads_and_the_refiner_is_refused(xl_pipe, tmp_path):

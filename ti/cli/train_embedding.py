@@ -30,7 +30,8 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)  # refuse bad options before spending time on the model
     embeddings_dir = Path(args.embeddings_dir)
-    if not (embeddings_dir / f"{config.name}.pt").is_file():
+    # <name>.pt, or <name>.safetensors for SDXL (the model, not yet loaded, decides which is used)
+    if not any((embeddings_dir / f"{config.name}{suffix}").is_file() for suffix in (".pt", ".safetensors")):
         raise ConfigError("name", f"{embeddings_dir / (config.name + '.pt')} does not exist; create it first: "
                                   f"python -m ti create {shlex.quote(config.name)} --init-text '*' --vectors 1")
     return run_training_command(args, config, train_embedding, embeddings_dir)

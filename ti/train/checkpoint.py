@@ -97,8 +97,6 @@ def load_start_embedding(path: Path, expected_width: int) -> Embedding:
         embedding = load_embedding_file(path)
     except BadEmbeddingFile as error:
         raise TrainingError(f"cannot train {path.name}: {error}") from None
-    if embedding.is_sdxl:
-        raise TrainingError(f"{path}: SDXL embeddings cannot be trained yet")
     if embedding.dim != expected_width:
         raise TrainingError(f"{path}: its vectors are {embedding.dim} wide, but this model's text encoder "
                             f"is {expected_width} wide; create the embedding with this model")

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ti.conditioning import PromptEncoder, effective_clip_skip
+from ti.conditioning import PromptEncoder, SDXLPromptEncoder, effective_clip_skip
 from ti.embedding import Embedding
 from ti.errors import TrainingError
 from ti.library import usable_embeddings
@@ -36,7 +36,10 @@ class EmbeddingTarget(TrainingTarget):
     def __init__(self, model: LoadedModel, config: TrainConfig, embeddings_dir: Path):
         """Raises TrainingError: no such embedding, or the wrong width for the model."""
         self.model, self.config, self.name = model, config, config.name
-        self.path = Path(embeddings_dir) / f"{config.name}.pt"
+        # SDXL embeddings live in .safetensors, whose header keeps the step a resume needs (an
+        # SDXL .pt holds the two tensors only, for A1111's loader).
+        self.suffix = ".safetensors" if model.is_sdxl else ".pt"
+        self.path = Path(embeddings_dir) / f"{config.name}{self.suffix}"
         self.start = load_start_embedding(self.path, model.text_width)
         self.start_step = self.start.step or 0
         self.vectors = nn.Parameter(self.start.vectors.to(device=model.device, dtype=torch.float32).clone())
@@ -44,10 +47,13 @@ class EmbeddingTarget(TrainingTarget):
         # trained vectors stand for this name (not its file's old ones).
         library = usable_embeddings(config.embeddings_dir or embeddings_dir, model.text_width)
         self.library = {name: embedding for name, embedding in library.items() if name != config.name}
-        self.prompt_encoder = PromptEncoder(model.tokenizer, model.text_encoder,
-                                            {**{n: e.vectors for n, e in self.library.items()},
-                                             config.name: self.vectors},
-                                            clip_skip=effective_clip_skip(model, config.clip_skip)[0])
+        vectors = {**{n: e.vectors for n, e in self.library.items()}, config.name: self.vectors}
+        if model.is_sdxl:  # clip_l rows into te1, clip_g rows into te2: both halves learn
+            self.prompt_encoder = SDXLPromptEncoder(model.tokenizer, model.text_encoder, model.tokenizer_2,
+                                                    model.text_encoder_2, vectors)
+        else:
+            self.prompt_encoder = PromptEncoder(model.tokenizer, model.text_encoder, vectors,
+                                                clip_skip=effective_clip_skip(model, config.clip_skip)[0])
 
     def check(self, template_lines: list[str], template_path: Path) -> None:
         if not any(NAME_PLACEHOLDER in line for line in template_lines):
@@ -71,7 +77,7 @@ class EmbeddingTarget(TrainingTarget):
     def offload_modules(self) -> list[nn.Module]:
         return [self.model.pipe.vae]  # the latents are cached; previews bring it back for decoding
 
-    def encode(self, prompts: list[str]) -> torch.Tensor:
+    def encode(self, prompts: list[str]):
         return self.prompt_encoder.encode(prompts)[0]
 
     def check_gradients(self, step: int, first_prompt: str) -> None:
@@ -84,7 +90,8 @@ class EmbeddingTarget(TrainingTarget):
 
     def save_copy(self, snapshot: Embedding, log_dir: TrainLogDir, optimizer: torch.optim.Optimizer, seed: int,
                   grad_scaler_state: dict | None) -> Path:
-        return save_checkpoint(snapshot, log_dir.embedding_copy(snapshot.step), optimizer, seed, grad_scaler_state)
+        copy_path = log_dir.embedding_copy(snapshot.step).with_suffix(self.suffix)
+        return save_checkpoint(snapshot, copy_path, optimizer, seed, grad_scaler_state)
 
     def write_preview(self, snapshot: Embedding, prompt: str, log_dir: TrainLogDir) -> Path:
         step = snapshot.step

@@ -35,7 +35,9 @@ import torch
 from torch import nn
 
 from ti.errors import TrainingError
+from ti.conditioning import Conditioning
 from ti.locks import module_lock, move_module
+from ti.sampling import sdxl_time_ids
 from ti.pipeline import LoadedModel
 from ti.schedule import ScheduleSegment, parse_schedule, schedule_end, value_at
 from ti.templates import read_template
@@ -298,7 +300,15 @@ def denoising_loss(unet, noise_scheduler, conditioning: torch.Tensor, batch: Mic
     the clean latent, as the scheduler's prediction_type says), over all elements, weighted per
     latent pixel by alpha when the batch has weights. Computed in float32."""
     noisy_latents = noise_scheduler.add_noise(batch.latents, batch.noise, batch.timesteps)
-    prediction = unet(noisy_latents.to(dtype), batch.timesteps, encoder_hidden_states=conditioning.to(dtype)).sample
+    added = None
+    if isinstance(conditioning, Conditioning):  # SDXL: pooled text embeds and size time ids too
+        if conditioning.pooled is not None:
+            height, width = batch.latents.shape[-2] * 8, batch.latents.shape[-1] * 8
+            time_ids = sdxl_time_ids(height, width, batch.latents.shape[0], dtype, batch.latents.device)
+            added = {"text_embeds": conditioning.pooled.to(dtype), "time_ids": time_ids}
+        conditioning = conditioning.context
+    prediction = unet(noisy_latents.to(dtype), batch.timesteps, encoder_hidden_states=conditioning.to(dtype),
+                      added_cond_kwargs=added).sample
     prediction_type = noise_scheduler.config.prediction_type
     if prediction_type == "epsilon":
         target = batch.noise

@@ -38,10 +38,12 @@ def snapshot_embedding(name: str, vectors: torch.Tensor, step: int, model: Loade
     Its sha256 is that of the .pt bytes it would be saved as (the writer is deterministic), so
     the preview's `TI hashes` matches the saved copy of the same step.
     """
+    is_sdxl = bool(getattr(model, "is_sdxl", False))
     embedding = Embedding(name=name, vectors=vectors.detach().to("cpu", torch.float32).clone(), step=step,
                           checkpoint_hash=model.short_hash,
-                          checkpoint_name=model.name.replace("/", "_").replace("\\", "_"))
-    embedding.sha256 = hashlib.sha256(embedding_file_bytes(embedding, ".pt")).hexdigest()
+                          checkpoint_name=model.name.replace("/", "_").replace("\\", "_"), is_sdxl=is_sdxl)
+    suffix = ".safetensors" if is_sdxl else ".pt"  # what the copy of this step is saved as
+    embedding.sha256 = hashlib.sha256(embedding_file_bytes(embedding, suffix)).hexdigest()
     return embedding
 
 

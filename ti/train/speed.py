@@ -87,10 +87,15 @@ def _cast_model(model: LoadedModel, dtype: torch.dtype) -> LoadedModel:
 @contextmanager
 def model_for_training(model: LoadedModel, config: TrainConfig) -> Iterator[LoadedModel]:
     """The model the run trains with (see the module docstring); undoes what it set on exit."""
-    if getattr(model, "is_sdxl", False):
-        raise TrainingError(f"{model.name} is an SDXL model: training embeddings and hypernetworks on SDXL is not "
-                            "supported yet (generating with SDXL embeddings is)")
     dtype = training_dtype(model, config.mixed_precision)
+    if getattr(model, "is_sdxl", False):
+        if type(config).__name__ != "TrainConfig":
+            raise TrainingError(f"{model.name} is an SDXL model: training hypernetworks on SDXL is not supported yet "
+                                "(embeddings train; hypernetworks apply at generation)")
+        if dtype != model.dtype:
+            raise TrainingError(f"{model.name} is an SDXL model: training it in another precision than it was loaded "
+                                f"in is not supported yet; load it in {str(dtype).removeprefix('torch.')} or use "
+                                "mixed precision auto")
     run_model = model if dtype == model.dtype else _cast_model(model, dtype)
     if run_model is not model:
         log.info("training with a %s copy of the model's UNet, VAE and text encoder", dtype)

@@ -98,6 +98,7 @@ def txt2img(
     on_progress: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
     hypernetworks: HypernetworkLibrary | None = None,
+    on_latents: Callable[[torch.Tensor], None] | None = None,
 ) -> GenerationResult:
     """Generate config.batch_count × config.batch_size images.
 
@@ -183,7 +184,7 @@ def txt2img(
             if batch_index == 0:
                 result.notes += applied.unmatched_messages()
             latents, steps_done = denoise(run_pipe, scheduler, latents, config.steps, config.cfg_scale, cond, uncond,
-                                          generators, on_step)
+                                          generators, on_step, on_latents)
             images = decode(run_pipe, latents, generators)
         for image, seed in zip(images, seeds):
             result.images.append(GeneratedImage(image=image, seed=seed,

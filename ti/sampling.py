@@ -65,9 +65,11 @@ def _unet(unet, model_input, timestep, conditioning: Conditioning, time_ids):
 
 
 def denoise(pipe, scheduler, latents: torch.Tensor, steps: int, cfg_scale: float, cond: ConditioningSchedule,
-            uncond: ConditioningSchedule, generators, on_step: Callable[[int], bool]) -> tuple[torch.Tensor, int]:
+            uncond: ConditioningSchedule, generators, on_step: Callable[[int], bool],
+            on_latents: Callable[[torch.Tensor], None] | None = None) -> tuple[torch.Tensor, int]:
     """Run the sampler from `latents` (initial noise, unscaled); returns (latents, steps done).
 
+    on_latents(latents), when given, sees the latents after every model call (live previews).
     on_step(steps_done) is called after every sampler step; True stops the loop there (the
     picture is then decoded from where it got to, as diffusers does on interrupt). Steps count
     the sampler's steps, not its model calls (a second-order sampler makes about two per step);
@@ -100,6 +102,8 @@ def denoise(pipe, scheduler, latents: torch.Tensor, steps: int, cfg_scale: float
             noise_pred = _unet(unet, model_input, timestep, positive, time_ids)
         latents = scheduler.step(noise_pred, timestep, latents, **extra_step_kwargs, return_dict=False)[0]
         steps_done = min(steps, math.ceil((index + 1) * steps / len(timesteps)))
+        if on_latents is not None:
+            on_latents(latents)
         if on_step(steps_done):
             break
     return latents, steps_done
@@ -119,3 +123,17 @@ def decode(pipe, latents: torch.Tensor, generators) -> list:
         if upcast:
             vae.to(torch.float16)
     return pipe.image_processor.postprocess(image, output_type="pil", do_denormalize=[True] * image.shape[0])
+
+
+# A1111's "Approx cheap" live preview: a fixed linear map from SD's four latent channels to RGB.
+_CHEAP_PREVIEW = torch.tensor([[0.298, 0.207, 0.208], [0.187, 0.286, 0.173], [-0.158, 0.189, 0.264],
+                               [-0.184, -0.271, -0.473]])
+
+
+def cheap_preview(latents: torch.Tensor):
+    """A rough PIL picture of the first latent of a batch, without the VAE (A1111's Approx cheap)."""
+    from PIL import Image
+
+    rgb = torch.einsum("chw,cr->hwr", latents[0].detach().float().cpu(), _CHEAP_PREVIEW)
+    pixels = ((rgb + 1) / 2).clamp(0, 1).mul(255).to(torch.uint8).numpy()
+    return Image.fromarray(pixels)

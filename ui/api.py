@@ -36,6 +36,7 @@ from ti.errors import TIError
 from ti.generate import save_generated, txt2img, with_default_hypernetwork
 from ti.infotext import parse_infotext
 from ti.samplers import SAMPLERS, SCHEDULE_TYPES, split_sampler_name
+from ti.sampling import cheap_preview
 from ui.jobs import StopToken
 from ui.services import AppServices
 
@@ -155,6 +156,7 @@ class ApiProgress:
     total: int = 0
     started: float = 0.0
     stop: StopToken | None = None
+    latents: object = None  # the latest latents of the generation, for progress's current_image
 
     def begin(self, total: int) -> StopToken:
         with self.lock:
@@ -166,9 +168,13 @@ class ApiProgress:
         with self.lock:
             self.step, self.total = step, total
 
+    def see_latents(self, latents) -> None:
+        with self.lock:
+            self.latents = latents.detach()[:1].clone()
+
     def end(self) -> None:
         with self.lock:
-            self.running, self.stop = False, None
+            self.running, self.stop, self.latents = False, None, None
 
 
 def refuse_unsupported(request: Txt2ImgRequest) -> None:
@@ -300,7 +306,8 @@ def build_api_router(services: AppServices, credentials: list[tuple[str, str]] |
                     snapshot = services.library.refresh()
                     with services.using_model() as model:
                         result = txt2img(model, snapshot.embeddings, config, on_progress=progress.update,
-                                         should_stop=stop, hypernetworks=services.hypernetworks)
+                                         should_stop=stop, hypernetworks=services.hypernetworks,
+                                         on_latents=progress.see_latents)
                         model_name, model_hash = model.name, model.short_hash
                 finally:
                     progress.end()
@@ -435,7 +442,7 @@ def build_api_router(services: AppServices, credentials: list[tuple[str, str]] |
     def api_progress(skip_current_image: bool = False):
         snapshot = services.jobs.snapshot()
         with progress.lock:
-            generating, step, total = progress.running, progress.step, progress.total
+            generating, step, total, latents = progress.running, progress.step, progress.total, progress.latents
         if generating:
             fraction = min(1.0, 0.01 + step / max(total, 1))
             job, job_count, job_no, sampling = "txt2img", 1, 0, (step, total)
@@ -447,6 +454,10 @@ def build_api_router(services: AppServices, credentials: list[tuple[str, str]] |
         eta = snapshot.eta_seconds if job.startswith("train") else None
         current_image = None  # A1111's live preview: for training, its latest preview picture
         preview = snapshot.details.get("preview") if job.startswith("train") and not skip_current_image else None
+        if generating and latents is not None and not skip_current_image:  # A1111's "Approx cheap" preview
+            buffer = io.BytesIO()
+            cheap_preview(latents).save(buffer, format="PNG")
+            current_image = base64.b64encode(buffer.getvalue()).decode("ascii")
         if preview:
             try:
                 with open(preview, "rb") as handle:

@@ -186,6 +186,11 @@ def test_interrupt_from_the_api_stops_its_generation_and_progress_shows_it_runni
         assert time.time() < deadline and worker.is_alive(), "the generation never showed in progress"
         time.sleep(0.05)
     assert state["state"]["job"] == "txt2img" and 0 < state["progress"] <= 1
+    deadline = time.time() + 60
+    while (current := requests.get(f"{api}/progress", timeout=30).json()["current_image"]) is None:
+        assert time.time() < deadline, "no live preview"
+        time.sleep(0.05)
+    assert _image(current).size == (8, 8)  # A1111's Approx cheap: one pixel per latent
     requests.post(f"{api}/interrupt", timeout=30)
     worker.join(120)
     info = json.loads(replies[0].json()["info"])

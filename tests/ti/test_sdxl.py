@@ -176,13 +176,19 @@ def test_an_sdxl_embedding_trains_both_halves_saves_its_step_and_resumes_exactly
     assert torch.equal(load_embedding_file(tmp_path / "resumed" / "xltrain.safetensors").vectors, straight.vectors)
 
 
-def test_sdxl_hypernetwork_training_is_refused_clearly(xl_model, tmp_path):
+def test_a_hypernetwork_trains_on_sdxl(xl_model, xl_pipe, tmp_path):
+    from ti.hypernetwork import HypernetworkStructure, attention_widths, create_hypernetwork, load_hypernetwork_file
     from ti.train import HypernetworkTrainConfig, train_hypernetwork
 
+    create_hypernetwork("xlhn", tmp_path, attention_widths(xl_pipe.unet), HypernetworkStructure(), seed=2)
+    start = load_hypernetwork_file(tmp_path / "xlhn.pt").state_dict()
     config = HypernetworkTrainConfig(**{**_xl_training(tmp_path).to_dict(), "name": "xlhn", "template": "hypernetwork.txt",
-                                        "learning_rate": "0.00001", "png_embedding": False})
-    with pytest.raises(TrainingError, match="training hypernetworks on SDXL is not supported yet"):
-        train_hypernetwork(xl_model, config, tmp_path)
+                                        "learning_rate": "0.001", "png_embedding": False, "unload_vae": True})
+    result = train_hypernetwork(xl_model, config, tmp_path)
+    trained = load_hypernetwork_file(tmp_path / "xlhn.pt")
+    assert result.stop_reason == "finished" and trained.step == 2
+    moved = [key for key, value in trained.state_dict().items() if not torch.equal(value, start[key])]
+    assert any(key.startswith("pairs.2048.") for key in moved)  # the text context's pair learned
 
 
 def test_an_sdxl_diffusers_folder_loads_and_the_refiner_is_refused(xl_pipe, tmp_path):

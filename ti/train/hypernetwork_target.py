@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ti.conditioning import PromptEncoder, effective_clip_skip
+from ti.conditioning import PromptEncoder, SDXLPromptEncoder, effective_clip_skip
 from ti.config import GenerateConfig
 from ti.errors import BadEmbeddingFile, ConfigError, TrainingError
 from ti.generate import save_png_with_infotext, txt2img
@@ -64,11 +64,16 @@ class HypernetworkTarget(TrainingTarget):
         self.last_good: tuple[int, Path] = (self.start_step, self.path)  # where roll_back goes
         # Embeddings of a library folder work in the training prompts and previews, by name.
         self.library = usable_embeddings(config.embeddings_dir, model.text_width)
-        self.prompt_encoder = PromptEncoder(model.tokenizer, model.text_encoder,
-                                            {n: e.vectors for n, e in self.library.items()},
-                                            clip_skip=effective_clip_skip(model, config.clip_skip)[0])
+        vectors = {n: e.vectors for n, e in self.library.items()}
+        if model.is_sdxl:
+            self.prompt_encoder = SDXLPromptEncoder(model.tokenizer, model.text_encoder, model.tokenizer_2,
+                                                    model.text_encoder_2, vectors)
+        else:
+            self.prompt_encoder = PromptEncoder(model.tokenizer, model.text_encoder, vectors,
+                                                clip_skip=effective_clip_skip(model, config.clip_skip)[0])
         self.has_dropout = any(isinstance(module, nn.Dropout) for module in self.hypernetwork.modules())
-        self._encode_on_cpu = bool(config.unload_vae)
+        # (SDXL: its two encoders stay where they are; "unload" parks the VAE only.)
+        self._encode_on_cpu = bool(config.unload_vae) and not model.is_sdxl
         self._cache: OrderedDict[tuple[str, int], torch.Tensor] = OrderedDict()
 
     def check(self, template_lines: list[str], template_path: Path) -> None:
@@ -89,9 +94,11 @@ class HypernetworkTarget(TrainingTarget):
         return _load_optimizer_state(self.path, self.hypernetwork, optimizer, grad_scaler)
 
     def offload_modules(self) -> list[nn.Module]:
+        if self.model.is_sdxl:
+            return [self.model.pipe.vae]
         return [self.model.pipe.vae, self.model.pipe.text_encoder]
 
-    def encode(self, prompts: list[str]) -> torch.Tensor:
+    def encode(self, prompts: list[str]):
         """Conditioning without gradients (the text encoder is frozen and nothing is spliced in)."""
         with torch.no_grad():
             if not self._encode_on_cpu:

@@ -89,9 +89,6 @@ def model_for_training(model: LoadedModel, config: TrainConfig) -> Iterator[Load
     """The model the run trains with (see the module docstring); undoes what it set on exit."""
     dtype = training_dtype(model, config.mixed_precision)
     if getattr(model, "is_sdxl", False):
-        if type(config).__name__ != "TrainConfig":
-            raise TrainingError(f"{model.name} is an SDXL model: training hypernetworks on SDXL is not supported yet "
-                                "(embeddings train; hypernetworks apply at generation)")
         if dtype != model.dtype:
             raise TrainingError(f"{model.name} is an SDXL model: training it in another precision than it was loaded "
                                 f"in is not supported yet; load it in {str(dtype).removeprefix('torch.')} or use "

@@ -170,10 +170,7 @@ def build_txt2img_tab(services: AppServices) -> dict[str, gr.components.Componen
         first = result.images[0].infotext if result.images else ""
         return items, first, used_text, embeddings_table(services)
 
-    def on_read_parameters(text, image_path):
-        return pasted_updates(text, image_path)
-
-    read_parameters.click(on_read_parameters, inputs=[pasted_text, pasted_image],
+    read_parameters.click(pasted_updates, inputs=[pasted_text, pasted_image],
                           outputs=[prompt, negative, sampler, schedule_type, steps, cfg, seed, width, height, clip_skip,
                                    pasted_notes])
     prompt.change(lambda text: token_counter_text(services, text), inputs=[prompt], outputs=[prompt_tokens])

@@ -33,26 +33,27 @@ def sdxl_sibling(source: Path) -> Path | None:
     return sibling if sibling.is_file() else None
 
 
-def join_diffusers_sdxl_pair(source: Path, first: Embedding) -> Embedding:
-    """The SDXL embedding of a diffusers pair (first: the 768-wide file, with its _2 sibling of
-    1280), or `first` unchanged when it is no such pair.
+def join_diffusers_sdxl_pair(source: Path, first: Embedding) -> tuple[Embedding, Path | None]:
+    """(the SDXL embedding of a diffusers pair, the _2 file joined): first is the 768-wide file,
+    its _2 sibling the 1280-wide one; (first, None) when it is no such pair.
 
     Raises:
         ConfigError: a _2 sibling that does not fit (another width or another vector count).
     """
     sibling = sdxl_sibling(source)
     if first.is_sdxl or first.dim != SDXL_L_WIDTH or sibling is None:
-        return first
+        return first, None
     second = load_embedding_file(sibling)
     if second.dim != SDXL_G_WIDTH or second.num_vectors != first.num_vectors:
         raise ConfigError("IN", f"{sibling} is {second.num_vectors} x {second.dim}; the second half of an SDXL "
                                 f"pair must be {first.num_vectors} x {SDXL_G_WIDTH}")
-    return dataclasses.replace(first, vectors=torch.cat([first.vectors, second.vectors], dim=1), is_sdxl=True,
-                               format=first.format)
+    joined = dataclasses.replace(first, vectors=torch.cat([first.vectors, second.vectors], dim=1), is_sdxl=True)
+    return joined, sibling
 
 
-def convert_embedding_file(source: Path, target: Path, overwrite: bool = False) -> Path:
-    """Read `source` and write it as the kind `target`'s extension names.
+def convert_embedding_file(source: Path, target: Path, overwrite: bool = False) -> tuple[Path, Path | None]:
+    """Read `source` and write it as the kind `target`'s extension names; returns (the file
+    written, the diffusers _2 file joined into it or None).
 
     The written embedding is named after `target`'s stem: A1111 names .pt/.bin/.safetensors
     embeddings by their file stem and image embeddings by their stored name, so this keeps
@@ -69,15 +70,14 @@ def convert_embedding_file(source: Path, target: Path, overwrite: bool = False) 
         raise ConfigError("OUT", f"{target} is the input file itself")
     if target.exists() and not overwrite:
         raise ConfigError("OUT", f"{target} exists; pass --overwrite to replace it")
-    embedding = join_diffusers_sdxl_pair(source, load_embedding_file(source))
+    embedding, joined = join_diffusers_sdxl_pair(source, load_embedding_file(source))
     renamed = dataclasses.replace(embedding, name=target.stem)
-    return save_embedding_file(renamed, target)
+    return save_embedding_file(renamed, target), joined
 
 
 def run(args: argparse.Namespace) -> int:
-    written = convert_embedding_file(args.input, args.output, overwrite=args.overwrite)
+    written, joined = convert_embedding_file(args.input, args.output, overwrite=args.overwrite)
     embedding = load_embedding_file(written)  # read back: what was written is what users get
-    joined = sdxl_sibling(Path(args.input)) if embedding.is_sdxl else None
-    note = f", joined with {joined}" if joined is not None and not load_embedding_file(args.input).is_sdxl else ""
+    note = f", joined with {joined}" if joined is not None else ""
     print(f"wrote {written} ({embedding.format}, {embedding.num_vectors} x {embedding.dim}, {embedding.model_family}{note})")
     return 0

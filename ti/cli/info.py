@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ti.formats import HypernetworkNotEmbedding, describe_embedding, load_embedding_file
+from ti.formats import EMBEDDING_SUFFIXES, HypernetworkNotEmbedding, describe_embedding, load_embedding_file
 
 # Human-readable labels for the JSON fields, in print order.
 _LABELS = {
@@ -26,17 +26,14 @@ _LABELS = {
 
 
 def register(subparsers) -> None:
+    from ti.cli import add_model_flags
+
     parser = subparsers.add_parser("info", help="show what an embedding or hypernetwork file holds")
     parser.add_argument("file", type=Path, help=".pt, .bin, .safetensors, .png or .webp; or a bare name, looked up "
                         "in --embeddings-dir, then --hypernetwork-dir")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--model", default=None, help="also say whether the file works with this model (diffusers "
-                        "folder, .safetensors/.ckpt file, or 'demo')")
-    parser.add_argument("--model-config", default=None, help="local diffusers folder with configs for a single-file checkpoint")
-    parser.add_argument("--embeddings-dir", default="embeddings", help="where a bare name is looked up first")
-    parser.add_argument("--hypernetwork-dir", default="models/hypernetworks", help="where a bare name is looked up next")
-    parser.add_argument("--device", default=None, help="where --model loads (default: cuda when present)")
-    parser.add_argument("--precision", choices=["full", "half", "bf16"], default=None, help="--model's weights precision")
+    # --model: also say whether the file works with it; the folders: where a bare name is looked up.
+    add_model_flags(parser)
     parser.set_defaults(func=run)
 
 
@@ -74,9 +71,6 @@ def format_description(description: dict) -> str:
     return "\n".join(lines)
 
 
-EMBEDDING_SUFFIXES = (".pt", ".safetensors", ".bin", ".png", ".webp")
-
-
 def resolve_file(file: Path, embeddings_dir: Path, hypernetwork_dir: Path) -> Path:
     """FILE as given when it exists; a bare name as <embeddings dir>/NAME.<suffix>, then
     <hypernetwork dir>/NAME.pt, as prompts and <hypernet:NAME> tags find them."""
@@ -112,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         from ti.pipeline import load_model
 
         model = load_model(ModelConfig(model=args.model, model_config=args.model_config, device=args.device,
-                                       precision=args.precision))
+                                       precision="full" if args.no_half else args.precision))
         fit = fit_with_model(description, model)
         description = {**description, "usable_with_model": fit["usable"], "model": fit["model"],
                        "model_fit": fit["reason"]}

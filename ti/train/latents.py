@@ -10,14 +10,16 @@ we pay it once per image instead of once per step. The three A1111 sampling meth
 
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from ti.locks import module_lock
 from ti.train.dataset import Bucket, PreparedImage, SkippedImage
 from ti.train.seeds import derive_seed, generator_for
 
@@ -65,6 +67,23 @@ def alpha_loss_weight(alpha: Image.Image) -> torch.Tensor:
     return weight / weight.mean()
 
 
+def needs_float32_encode(vae) -> bool:
+    """SDXL's VAE overflows in fp16 (its config says force_upcast): encode in float32, as
+    diffusers' pipelines and training scripts do, or the cached latents are inf/NaN."""
+    return vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+
+
+@contextmanager
+def _float32_while_encoding(vae) -> Iterator[None]:
+    """The VAE in float32 for the block, under its lock (a generation in another tab waits), then back."""
+    with module_lock(vae):
+        vae.to(torch.float32)
+        try:
+            yield
+        finally:
+            vae.to(torch.float16)
+
+
 @torch.no_grad()
 def _encode(vae, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior mean and std [4, h, w] (float32, CPU first) of one image."""
@@ -96,6 +115,11 @@ def encode_images(
     Returns:
         (samples in file-name order, original before flipped; skipped images).
     """
+    with _float32_while_encoding(vae) if needs_float32_encode(vae) else nullcontext():
+        return _encode_all(vae, images, latent_sampling, flip, seed, device, on_image)
+
+
+def _encode_all(vae, images, latent_sampling, flip, seed, device, on_image):
     scaling = float(vae.config.scaling_factor)
     samples: list[CachedSample] = []
     skipped: list[SkippedImage] = []

@@ -118,3 +118,29 @@ def test_micro_batches_depend_only_on_step_and_position():
     assert late_fresh.latents.shape == (2, 4, 8, 8) and late_fresh.loss_weights is None
     assert not torch.equal(fresh.micro_batch(0, 0).noise, fresh.micro_batch(0, 1).noise)
     assert 0 <= int(late_fresh.timesteps.min()) and int(late_fresh.timesteps.max()) < 1000
+
+
+def test_an_fp16_vae_that_asks_for_upcast_encodes_the_cache_in_float32(tiny_pipe, tmp_path, kit):
+    """SDXL's VAE overflows in fp16 and says so (force_upcast): its latents must come out finite,
+    equal to a float32 encode, and the shared VAE must be fp16 again afterwards."""
+    import copy
+
+    from ti.train.speed import cast_copy
+
+    kit.write_images(tmp_path, 2)
+    loud = copy.deepcopy(tiny_pipe.vae)
+    with torch.no_grad():
+        weight = loud.encoder.conv_in.weight
+        weight.mul_(3e4 / weight.abs().max())  # each weight fits fp16; their sums pass its 65504
+    vae16 = cast_copy(loud, torch.float16)
+    vae16.register_to_config(force_upcast=False)
+    overflowed, _ = _encode(vae16, tmp_path, "deterministic")
+    assert not all(torch.isfinite(sample.latent).all() for sample in overflowed)  # the trap is real
+
+    vae16.register_to_config(force_upcast=True)
+    upcast, _ = _encode(vae16, tmp_path, "deterministic")
+    reference, _ = _encode(cast_copy(vae16, torch.float32), tmp_path, "deterministic")
+    assert vae16.dtype == torch.float16
+    for got, want in zip(upcast, reference):
+        assert torch.isfinite(got.latent).all()
+        assert torch.equal(got.latent, want.latent)

@@ -22,6 +22,7 @@ FIELD_LABELS = {
     "preview_every": "Save an image every N steps", "preview_prompt": "Preview prompt", "tag_dropout": "Drop out tags",
     "filewords_regex": "Filename word regex", "seed": "Seed", "preview_seed": "Preview seed",
     "preview_steps": "Preview steps", "preview_cfg": "Preview CFG scale", "clip_skip": "Clip skip",
+    "train_encoders": "Train text encoders (SDXL)",
     "unload_vae": "Move the VAE to the CPU while training (saves VRAM)",
     "mixed_precision": "Mixed precision", "gradient_checkpointing": "Gradient checkpointing (saves VRAM)",
     "channels_last": "Channels-last memory layout", "compile_unet": "Compile the UNet (torch.compile)",
@@ -48,6 +49,7 @@ class TrainForm:
     template: str = "style_filewords.txt"
     has_png_embedding: bool = True
     has_compile_unet: bool = True  # HypernetworkTrainConfig refuses compile_unet
+    has_train_encoders: bool = True  # and train_encoders (a hypernetwork has no encoder rows)
     labels: dict = field(default_factory=lambda: dict(FIELD_LABELS))
 
     def label(self, field_name: str) -> str:
@@ -57,7 +59,7 @@ class TrainForm:
 EMBEDDING_FORM = TrainForm(job_kind="train-embedding")
 HYPERNETWORK_FORM = TrainForm(
     job_kind="train-hypernetwork", config_class=HypernetworkTrainConfig, learning_rate="0.00001",
-    template="hypernetwork.txt", has_png_embedding=False, has_compile_unet=False,
+    template="hypernetwork.txt", has_png_embedding=False, has_compile_unet=False, has_train_encoders=False,
     labels={**FIELD_LABELS, "name": "Hypernetwork", "learning_rate": "Hypernetwork learning rate",
             "save_every": "Save a copy of the hypernetwork every N steps",
             "unload_vae": "Move the VAE and the text encoder to the CPU while training (saves VRAM; "
@@ -147,6 +149,7 @@ def build_train_config(values: dict, templates_dir: Path, form: TrainForm = EMBE
             filewords_join=values.get("filewords_join") if values.get("filewords_join") is not None else " ",
             seed=_int(values.get("seed")),
             clip_skip=_int(values.get("clip_skip"), 1),
+            train_encoders=values.get("train_encoders") or "both",
             embeddings_dir=str(values.get("embeddings_dir") or ""),
             unload_vae=bool(values.get("unload_vae")),
             mixed_precision=mixed_precision_value(values.get("mixed_precision")),

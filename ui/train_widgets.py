@@ -19,7 +19,7 @@ import pandas as pd
 from ti.samplers import sampler_names
 from ti.templates import list_templates
 from ti.train import TrainHooks
-from ti.train.config import CLIP_GRAD_MODES, LATENT_SAMPLING_METHODS
+from ti.train.config import CLIP_GRAD_MODES, LATENT_SAMPLING_METHODS, TRAIN_ENCODER_CHOICES
 from ui.services import AppServices
 from ui.train_form import MIXED_PRECISION_CHOICES, MIXED_PRECISION_INFO, TrainForm, progress_text
 
@@ -64,6 +64,10 @@ def build_training_options(services: AppServices, form: TrainForm, prefix: str) 
                                 elem_id=f"{prefix}template")
     w["clip_skip"] = gr.Slider(label=form.label("clip_skip"), minimum=1, maximum=12, step=1, value=1,
                                elem_id=f"{prefix}clip_skip", info=form.config_class.help_for("clip_skip"))
+    if form.has_train_encoders:
+        w["train_encoders"] = gr.Dropdown(label=form.label("train_encoders"), choices=list(TRAIN_ENCODER_CHOICES),
+                                          value="both", info=form.config_class.help_for("train_encoders"),
+                                          elem_id=f"{prefix}train_encoders")
     with gr.Row():
         w["width"] = gr.Slider(label="Width", minimum=64, maximum=2048, step=8, value=512, elem_id=f"{prefix}width")
         w["height"] = gr.Slider(label="Height", minimum=64, maximum=2048, step=8, value=512, elem_id=f"{prefix}height")

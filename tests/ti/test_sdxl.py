@@ -27,6 +27,12 @@ def xl_pipe():
 
 
 @pytest.fixture(scope="module")
+def demo_model_for_sdxl_tests(tiny_pipe):
+    return LoadedModel(pipe=tiny_pipe, name="demo", source="demo", sha256="cd" * 32, device=torch.device("cpu"),
+                       dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
 def xl_model(xl_pipe):
     return LoadedModel(pipe=xl_pipe, name="tiny-xl", source="tiny-xl", sha256="ab" * 32, device=torch.device("cpu"),
                        dtype=torch.float32)
@@ -174,6 +180,34 @@ def test_an_sdxl_embedding_trains_both_halves_saves_its_step_and_resumes_exactly
     assert load_embedding_file(tmp_path / "resumed" / "xltrain.safetensors").step == 2
     train_embedding(xl_model, _xl_training(tmp_path, max_steps=4), tmp_path / "resumed")  # optimizer state too
     assert torch.equal(load_embedding_file(tmp_path / "resumed" / "xltrain.safetensors").vectors, straight.vectors)
+
+
+@pytest.mark.parametrize("trained,kept", [("clip_l", "clip_g"), ("clip_g", "clip_l")])
+def test_train_encoders_trains_one_half_and_keeps_the_other_exactly(xl_model, tmp_path, trained, kept):
+    from ti.create import create_embedding
+    from ti.train import train_embedding
+
+    create_embedding(xl_model, "xltrain", "red car", 2, tmp_path)
+    start = load_embedding_file(tmp_path / "xltrain.safetensors").sdxl_parts()
+    result = train_embedding(xl_model, _xl_training(tmp_path, max_steps=3, train_encoders=trained), tmp_path)
+    parts = load_embedding_file(tmp_path / "xltrain.safetensors").sdxl_parts()
+    assert result.step == 3
+    assert not torch.allclose(parts[trained], start[trained])
+    assert torch.equal(parts[kept], start[kept])
+
+
+def test_train_encoders_is_refused_off_sdxl_and_for_hypernetworks(demo_model_for_sdxl_tests, tmp_path):
+    from ti.create import create_embedding
+    from ti.errors import ConfigError
+    from ti.train import HypernetworkTrainConfig, train_embedding
+
+    create_embedding(demo_model_for_sdxl_tests, "xltrain", "red car", 1, tmp_path)
+    with pytest.raises(TrainingError, match="train_encoders 'clip_g' is for SDXL"):
+        train_embedding(demo_model_for_sdxl_tests, _xl_training(tmp_path, train_encoders="clip_g"), tmp_path)
+    with pytest.raises(ConfigError, match="expected one of both, clip_l, clip_g"):
+        _xl_training(tmp_path, train_encoders="clip")
+    with pytest.raises(ConfigError, match="hypernetwork acts on the UNet"):
+        HypernetworkTrainConfig(**{**vars(_xl_training(tmp_path)), "train_encoders": "clip_l"})
 
 
 def test_a_hypernetwork_trains_on_sdxl(xl_model, xl_pipe, tmp_path):

@@ -77,7 +77,16 @@ def test_every_option_has_a_widget(folders, form):
         expected.discard("png_embedding")
     if not form.has_compile_unet:
         expected.discard("compile_unet")
+    if not form.has_train_encoders:
+        expected.discard("train_encoders")
     assert set(widgets) == expected
+
+
+@pytest.mark.parametrize("choice", ["both", "clip_l", "clip_g"])
+def test_train_encoders_choice_reaches_the_embedding_config(folders, choice):
+    config = build(folders, EMBEDDING_FORM, train_encoders=choice)
+    assert config.train_encoders == choice and config.to_dict()["train_encoders"] == choice
+    assert "train_encoders" not in widget_defaults(folders, HYPERNETWORK_FORM)
 
 
 @pytest.mark.parametrize("form", [EMBEDDING_FORM, HYPERNETWORK_FORM], ids=["embedding", "hypernetwork"])

@@ -21,6 +21,9 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("train-embedding", help="train an embedding (textual inversion) on a folder of images")
     parser.add_argument("name", help="the embedding: <embeddings-dir>/NAME.pt, made first with `python -m ti create`")
     add_training_flags(parser, lr_default="0.005", template_default="style_filewords.txt", what="embedding")
+    parser.add_argument("--train-encoders", default="both", metavar="{both,clip_l,clip_g}",
+                        help="SDXL: train both halves of the embedding, or only the clip_l (text encoder 1) or "
+                             "clip_g (text encoder 2) rows; the other half keeps its start values")
     add_model_flags(parser)
     parser.set_defaults(func=run)
 

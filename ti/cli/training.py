@@ -87,6 +87,7 @@ def config_from_args(args: argparse.Namespace, config_class=None):
         flip=args.flip, filewords_regex=args.filewords_regex, filewords_join=args.filewords_join, seed=args.seed,
         clip_skip=args.clip_skip, embeddings_dir=getattr(args, "embeddings_dir", "") or "", unload_vae=args.unload_vae, mixed_precision=args.mixed_precision,
         gradient_checkpointing=args.gradient_checkpointing, channels_last=args.channels_last, compile_unet=args.compile,
+        **({"train_encoders": args.train_encoders} if getattr(args, "train_encoders", None) else {}),
     )
 
 

@@ -29,6 +29,7 @@ from ti.train.dataset import list_image_files
 
 CLIP_GRAD_MODES = ("none", "value", "norm")
 MIXED_PRECISION_MODES = ("auto", "no", "bf16", "fp16")
+TRAIN_ENCODER_CHOICES = ("both", "clip_l", "clip_g")
 LATENT_SAMPLING_METHODS = ("once", "deterministic", "random")
 MAX_SIDE = 2048  # A1111's slider range for training width/height
 MAX_SEED = 2**63 - 1
@@ -91,6 +92,9 @@ class TrainConfig:
                                "encoder's last layer, 2 = the penultimate (what anime models are trained and "
                                "prompted with). Ignored on SD 2.x, as in A1111.")
     unload_vae: bool = option(False, "Keep the VAE on the CPU while training (saves VRAM; back for previews).")
+    train_encoders: str = option("both", "SDXL: which half of the embedding trains: both, clip_l (the rows for text "
+                                         "encoder 1) or clip_g (text encoder 2); the other half keeps the values it "
+                                         "starts with. SD 1.x/2.x embeddings have one half: both.")
     # Speed and memory (speed.py); none of them changes what is trained, only how fast and in how much memory.
     mixed_precision: str = option("auto", "Precision of the frozen UNet, VAE and text encoder while training: auto "
                                           "= as the model was loaded (float32 on a CPU, fp16 on CUDA); no = float32; "
@@ -174,6 +178,9 @@ class TrainConfig:
     def _check_choices(self) -> None:
         if self.clip_grad not in CLIP_GRAD_MODES:
             raise ConfigError("clip_grad", f"expected one of {', '.join(CLIP_GRAD_MODES)}, got {self.clip_grad!r}")
+        if self.train_encoders not in TRAIN_ENCODER_CHOICES:
+            raise ConfigError("train_encoders",
+                              f"expected one of {', '.join(TRAIN_ENCODER_CHOICES)}, got {self.train_encoders!r}")
         if self.mixed_precision not in MIXED_PRECISION_MODES:
             raise ConfigError("mixed_precision",
                               f"expected one of {', '.join(MIXED_PRECISION_MODES)}, got {self.mixed_precision!r}")
@@ -275,6 +282,9 @@ class HypernetworkTrainConfig(TrainConfig):
             # (so generation elsewhere never sees them): a compiled graph would recompile each time.
             raise ConfigError("compile_unet", "is for embeddings; a hypernetwork run changes the UNet's attention "
                                               "every step, which a compiled UNet would recompile for")
+        if self.train_encoders != "both":
+            raise ConfigError("train_encoders", "is for SDXL embeddings; a hypernetwork acts on the UNet, not on "
+                                                "either text encoder's rows")
 
 
 def _require_int(name: str, value: object) -> None:

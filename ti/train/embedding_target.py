@@ -43,6 +43,7 @@ class EmbeddingTarget(TrainingTarget):
         self.start = load_start_embedding(self.path, model.text_width)
         self.start_step = self.start.step or 0
         self.vectors = nn.Parameter(self.start.vectors.to(device=model.device, dtype=torch.float32).clone())
+        self._freeze_other_half(config.train_encoders)
         # The other embeddings of the library work in prompts and previews as in generation; the
         # trained vectors stand for this name (not its file's old ones).
         library = usable_embeddings(config.embeddings_dir or embeddings_dir, model.text_width)
@@ -54,6 +55,22 @@ class EmbeddingTarget(TrainingTarget):
         else:
             self.prompt_encoder = PromptEncoder(model.tokenizer, model.text_encoder, vectors,
                                                 clip_skip=effective_clip_skip(model, config.clip_skip)[0])
+
+    def _freeze_other_half(self, train_encoders: str) -> None:
+        """--train-encoders clip_l|clip_g: the other encoder's columns get no gradient. AdamW
+        without weight decay then leaves them exactly as they started (zero moments, zero step)."""
+        if train_encoders == "both":
+            return
+        if not self.model.is_sdxl:
+            raise TrainingError(f"train_encoders {train_encoders!r} is for SDXL embeddings; {self.model.name} has one "
+                                f"text encoder, so its embeddings train whole (train_encoders 'both')")
+        width_l = self.model.text_encoder.get_input_embeddings().weight.shape[1]
+        keep = torch.zeros(self.vectors.shape[1], device=self.vectors.device)
+        if train_encoders == "clip_l":
+            keep[:width_l] = 1
+        else:
+            keep[width_l:] = 1
+        self.vectors.register_hook(lambda grad: grad * keep)
 
     def check(self, template_lines: list[str], template_path: Path) -> None:
         if not any(NAME_PLACEHOLDER in line for line in template_lines):

@@ -31,6 +31,7 @@ def test_cli_trains_two_steps_on_the_demo_model(tmp_path, dataset_dir, embedding
     (["--lr", "0.1:x"], "learning_rate: "),
     (["--width", "500"], "width: must be a multiple of 8"),
     (["--preview-size", "64"], "size: expected WxH"),
+    (["--train-encoders", "clip_x"], "train_encoders: expected one of both, clip_l, clip_g"),
 ])
 def test_cli_refuses_bad_flags_in_one_line(capsys, dataset_dir, embeddings_dir, kit, flags, expected):
     code = main(["train-embedding", "mytok", "--data", str(dataset_dir), "--embeddings-dir", str(embeddings_dir),

@@ -210,6 +210,31 @@ def test_train_encoders_is_refused_off_sdxl_and_for_hypernetworks(demo_model_for
         HypernetworkTrainConfig(**{**vars(_xl_training(tmp_path)), "train_encoders": "clip_l"})
 
 
+def test_sdxl_training_conditions_each_picture_on_its_own_size_and_crop(xl_model, tmp_path, monkeypatch):
+    """SDXL's time ids in training: the file's original size, the crop into its bucket and the
+    bucket, per picture (diffusers' and kohya's scripts do the same), not the training size."""
+    from PIL import Image
+
+    from ti.create import create_embedding
+    from ti.train import train_embedding
+
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.new("RGB", (96, 64), "red").save(data / "wide-a red car.png")  # covers 64x64 at scale 1: 16 px cut left
+    create_embedding(xl_model, "xltrain", "red car", 1, tmp_path)
+    seen = []
+    unet = xl_model.pipe.unet
+    original_forward = unet.forward
+
+    def recording_forward(*args, **kwargs):
+        seen.append(kwargs["added_cond_kwargs"]["time_ids"].tolist())
+        return original_forward(*args, **kwargs)
+
+    monkeypatch.setattr(unet, "forward", recording_forward)
+    train_embedding(xl_model, _xl_training(tmp_path, max_steps=1, flip=True), tmp_path)
+    assert seen and all(row == [64.0, 96.0, 0.0, 16.0, 64.0, 64.0] for rows in seen for row in rows)
+
+
 def test_a_hypernetwork_trains_on_sdxl(xl_model, xl_pipe, tmp_path):
     from ti.hypernetwork import HypernetworkStructure, attention_widths, create_hypernetwork, load_hypernetwork_file
     from ti.train import HypernetworkTrainConfig, train_hypernetwork

@@ -33,6 +33,7 @@ class MicroBatch:
     noise: torch.Tensor  # [B, 4, h, w] float32
     timesteps: torch.Tensor  # [B] int64
     loss_weights: torch.Tensor | None  # [B, 1, h, w] float32; None when no sample has alpha weights
+    size_conditions: torch.Tensor | None = None  # [B, 6] SDXL time ids of each sample (latents.size_conditions)
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ class TrainingBatches:
         Sample i of micro-batch j is sample j·batch_size + i of the step's global batch; its
         draws come from (seed, step, j, j·batch_size + i) whoever computes them.
         """
-        prompts, latents, noises, timesteps, weights = [], [], [], [], []
+        prompts, latents, noises, timesteps, weights, sizes = [], [], [], [], [], []
         indices = self.sample_indices(step, micro_index)
         for position in range(len(indices))[positions or slice(None)]:
             sample = self.samples[indices[position]]
@@ -134,6 +135,7 @@ class TrainingBatches:
             noises.append(torch.randn(latent.shape, generator=generator, dtype=torch.float32))
             latents.append(latent)
             weights.append(sample.loss_weight)
+            sizes.append(sample.size_conditions)
             prompts.append(self.prompt_for(sample, step, micro_index, sample_index))
         stacked_latents = torch.stack(latents)
         device = stacked_latents.device
@@ -141,5 +143,8 @@ class TrainingBatches:
         if any(weight is not None for weight in weights):
             ones = torch.ones((1, *stacked_latents.shape[2:]), device=device)
             loss_weights = torch.stack([weight if weight is not None else ones for weight in weights])
+        size_conditions = (torch.tensor(sizes, dtype=torch.float32, device=device)
+                           if all(size is not None for size in sizes) else None)
         return MicroBatch(prompts=prompts, latents=stacked_latents, noise=torch.stack(noises).to(device),
-                          timesteps=torch.cat(timesteps).to(device), loss_weights=loss_weights)
+                          timesteps=torch.cat(timesteps).to(device), loss_weights=loss_weights,
+                          size_conditions=size_conditions)

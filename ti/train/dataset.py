@@ -47,6 +47,11 @@ class PreparedImage:
     caption: str
     pixels: Image.Image  # RGB, exactly bucket-sized
     alpha: Image.Image | None  # "L", bucket-sized; None when the file has no alpha channel
+    # SDXL's size conditions: the file's (upright) size, the size it was scaled to so as to cover
+    # the bucket (the same with no_resize), and where the bucket was cut from that, (top, left).
+    original_size: tuple[int, int] = (0, 0)  # (width, height)
+    scaled_size: tuple[int, int] = (0, 0)  # (width, height)
+    crop_top_left: tuple[int, int] = (0, 0)
 
     @property
     def bucket(self) -> Bucket:
@@ -112,6 +117,18 @@ def fit_to_bucket(image: Image.Image, bucket: Bucket) -> Image.Image:
     return ImageOps.fit(image, bucket, method=Image.Resampling.LANCZOS, centering=(0.5, 0.5))
 
 
+def crop_geometry(image_size: tuple[int, int], bucket: Bucket, no_resize: bool) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((scaled width, scaled height), (top, left)): the picture scaled to cover the bucket as
+    fit_to_bucket does (unscaled with no_resize, as crop_centre), and where the bucket's centre
+    cut starts in it. SDXL's crop condition is that (top, left), in the scaled picture's pixels,
+    as diffusers' SDXL training script measures it."""
+    width, height = image_size
+    if not no_resize:
+        scale = max(bucket[0] / width, bucket[1] / height)
+        width, height = max(bucket[0], round(width * scale)), max(bucket[1], round(height * scale))
+    return (width, height), (int(round((height - bucket[1]) / 2)), int(round((width - bucket[0]) / 2)))
+
+
 def crop_centre(image: Image.Image, bucket: Bucket) -> Image.Image:
     """no_resize: cut the bucket out of the middle of the image, pixels untouched."""
     left = (image.width - bucket[0]) // 2
@@ -162,4 +179,6 @@ def iter_prepared_images(
             continue
         fit = crop_centre if no_resize else fit_to_bucket
         fitted_alpha = fit(alpha, bucket) if alpha is not None else None
-        yield PreparedImage(path=path, caption=caption, pixels=fit(rgb, bucket), alpha=fitted_alpha)
+        scaled_size, crop_top_left = crop_geometry(rgb.size, bucket, no_resize)
+        yield PreparedImage(path=path, caption=caption, pixels=fit(rgb, bucket), alpha=fitted_alpha,
+                            original_size=rgb.size, scaled_size=scaled_size, crop_top_left=crop_top_left)

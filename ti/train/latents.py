@@ -37,6 +37,7 @@ class CachedSample:
     latent: torch.Tensor  # [4, h, w] float32, already × the VAE scaling factor (mean for "random")
     latent_std: torch.Tensor | None  # "random" only: the posterior std (× scaling factor)
     loss_weight: torch.Tensor | None  # [1, h, w] float32 from the alpha channel; None: uniform
+    size_conditions: tuple[int, int, int, int, int, int] | None = None  # SDXL's time ids, see size_conditions()
 
     def latent_for_use(self, generator: torch.Generator) -> torch.Tensor:
         """The latent this use trains on: a fresh posterior sample for "random", else the cached one."""
@@ -44,6 +45,17 @@ class CachedSample:
             return self.latent
         eps = torch.randn(self.latent.shape, generator=generator, dtype=torch.float32)
         return self.latent + self.latent_std * eps.to(self.latent.device)
+
+
+def size_conditions(item: PreparedImage, flipped: bool) -> tuple[int, int, int, int, int, int]:
+    """SDXL's six size conditions of a training picture: (original height, original width, crop
+    top, crop left, target height, target width). A mirrored copy's crop window is mirrored too."""
+    original_width, original_height = item.original_size
+    top, left = item.crop_top_left
+    bucket_width, bucket_height = item.bucket
+    if flipped:
+        left = item.scaled_size[0] - left - bucket_width
+    return (original_height, original_width, top, left, bucket_height, bucket_width)
 
 
 def pixels_to_tensor(image: Image.Image) -> torch.Tensor:
@@ -143,7 +155,8 @@ def _encode_all(vae, images, latent_sampling, flip, seed, device, on_image):
                 latent_std = (std * scaling).to(device)
             weight = alpha_loss_weight(alpha).to(device) if alpha is not None else None
             samples.append(CachedSample(source=item.path, flipped=flipped, caption=item.caption, bucket=item.bucket,
-                                        latent=latent.to(device), latent_std=latent_std, loss_weight=weight))
+                                        latent=latent.to(device), latent_std=latent_std, loss_weight=weight,
+                                        size_conditions=size_conditions(item, flipped)))
         if on_image:
             on_image(count, item.path)
     return samples, skipped

@@ -303,8 +303,11 @@ def denoising_loss(unet, noise_scheduler, conditioning: torch.Tensor, batch: Mic
     added = None
     if isinstance(conditioning, Conditioning):  # SDXL: pooled text embeds and size time ids too
         if conditioning.pooled is not None:
-            height, width = batch.latents.shape[-2] * 8, batch.latents.shape[-1] * 8
-            time_ids = sdxl_time_ids(height, width, batch.latents.shape[0], dtype, batch.latents.device)
+            if batch.size_conditions is not None:  # each picture's original size, crop and bucket
+                time_ids = batch.size_conditions.to(dtype)
+            else:
+                height, width = batch.latents.shape[-2] * 8, batch.latents.shape[-1] * 8
+                time_ids = sdxl_time_ids(height, width, batch.latents.shape[0], dtype, batch.latents.device)
             added = {"text_embeds": conditioning.pooled.to(dtype), "time_ids": time_ids}
         conditioning = conditioning.context
     prediction = unet(noisy_latents.to(dtype), batch.timesteps, encoder_hidden_states=conditioning.to(dtype),

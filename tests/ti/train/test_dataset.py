@@ -12,6 +12,7 @@ from ti.train.dataset import (
     SkippedImage,
     candidate_buckets,
     choose_bucket,
+    crop_geometry,
     iter_prepared_images,
     list_image_files,
     native_bucket,
@@ -97,3 +98,23 @@ def test_alpha_channel_is_read_when_asked(tmp_path, kit):
     results = {r.path.name: r for r in iter_prepared_images(tmp_path, 64, 64, no_resize=False, with_alpha=True)}
     assert results["cut.png"].alpha.mode == "L" and results["cut.png"].alpha.size == (64, 64)
     assert results["plain.png"].alpha is None
+
+
+@pytest.mark.parametrize("image_size, bucket, no_resize, scaled, top_left", [
+    ((1200, 800), (576, 384), False, (576, 384), (0, 0)),    # exact shape: scaled, no crop
+    ((1000, 500), (640, 384), False, (768, 384), (0, 64)),   # wider: the sides are cut
+    ((500, 1000), (384, 640), False, (384, 768), (64, 0)),   # taller: top and bottom
+    ((701, 300), (640, 256), True, (701, 300), (22, 30)),    # no_resize: unscaled, centre cut (30.5 rounds to 30)
+])
+def test_crop_geometry_is_sdxls_crop_condition(image_size, bucket, no_resize, scaled, top_left):
+    assert crop_geometry(image_size, bucket, no_resize) == (scaled, top_left)
+
+
+def test_prepared_images_know_their_size_conditions(tmp_path):
+    from ti.train.latents import size_conditions
+
+    Image.new("RGB", (701, 300)).save(tmp_path / "wide.png")
+    [item] = iter_prepared_images(tmp_path, 512, 512, no_resize=True, with_alpha=False)
+    assert item.original_size == (701, 300) and item.bucket == (640, 256)
+    assert size_conditions(item, flipped=False) == (300, 701, 22, 30, 256, 640)
+    assert size_conditions(item, flipped=True) == (300, 701, 22, 31, 256, 640)  # the mirrored window starts at 31

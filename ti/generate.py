@@ -72,8 +72,9 @@ def build_infotext(config: GenerateConfig, seed: int, model: LoadedModel, used: 
         "Model": model.name,
         "Clip skip": config.clip_skip if config.clip_skip > 1 else None,  # as A1111: only when not 1
     }
-    if used:
-        params["TI hashes"] = format_ti_hashes({name: emb.shorthash or "" for name, emb in used.items()})
+    hashed = {name: emb.shorthash for name, emb in used.items() if emb.shorthash}
+    if hashed:  # as A1111: an embedding with no file hash (made in memory) is left out, not an error
+        params["TI hashes"] = format_ti_hashes(hashed)
     params.update(config.extra_params)
     if steps_done is not None and steps_done < config.steps:
         params["Interrupted"] = f"at step {steps_done} of {config.steps}"

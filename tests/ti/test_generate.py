@@ -62,6 +62,17 @@ def test_embedding_used_changes_image_and_is_in_infotext(demo_model):
     assert parse_ti_hashes(params["TI hashes"]) == {"myemb": "ab" * 6}
 
 
+def test_an_embedding_made_in_memory_has_no_hash_and_is_left_out_of_ti_hashes(demo_model):
+    """As A1111: only embeddings with a file hash are listed; one built in code generates fine."""
+    hashed = Embedding(name="filed", vectors=torch.randn(1, 32), sha256="cd" * 32)
+    in_memory = Embedding(name="fresh", vectors=torch.randn(1, 32))
+    result = txt2img(demo_model, {"filed": hashed, "fresh": in_memory}, small(prompt="a filed fresh tree"))
+    assert sorted(result.used_embeddings) == ["filed", "fresh"]
+    assert parse_ti_hashes(parse_infotext(result.images[0].infotext)[2]["TI hashes"]) == {"filed": "cd" * 6}
+    alone = txt2img(demo_model, {"fresh": in_memory}, small(prompt="a fresh tree"))
+    assert "TI hashes" not in parse_infotext(alone.images[0].infotext)[2]
+
+
 def test_saved_png_carries_infotext_and_numbering(demo_model, tmp_path):
     result = txt2img(demo_model, {}, small(batch_size=2))
     paths = save_generated(result, tmp_path, when=dt.date(2026, 1, 2))

@@ -4,6 +4,7 @@
     python benchmarks/train_speed.py --quick         # tiny model only
     python benchmarks/train_speed.py --compile       # also torch.compile (tiny model unless --compile-models)
     python benchmarks/train_speed.py --models sd15 --batch-sizes 1 --presets fp32,bf16 --rounds 2
+    python benchmarks/train_speed.py --models sdxl --batch-sizes 1 --presets fp32 --uncached none
     python benchmarks/train_speed.py                 # on CUDA: SD1.5-shaped, 512 px, batch 1, 4, 8, bf16 + fp16
 
 For each model and batch size, three ways to do one TI step (train_speed_measure.py does them):
@@ -49,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_speed_measure import PRESETS  # noqa: E402
 
 MEASURE_SCRIPT = Path(__file__).resolve().parent / "train_speed_measure.py"
-MODEL_LABELS = {"tiny": "tiny demo", "sd15": "SD1.5-shaped"}
+MODEL_LABELS = {"tiny": "tiny demo", "sd15": "SD1.5-shaped", "sdxl": "SDXL-shaped"}
 PRECISIONS = ("fp32", "bf16", "fp16")
 CHECK_FLOOR_RATIO = 1.05  # ours <= 1.05 × the floor of its precision
 CHECK_FAST_RATIO = 0.5  # the fastest CPU preset <= 0.5 × ours in fp32
@@ -169,7 +170,7 @@ def print_table(best: dict[Measurement, dict]) -> None:
           "model.\n+gc gradient checkpointing, +cl channels_last, +compile torch.compile of the UNet; uncached: the "
           "VAE encodes every picture every step.")
     weights = sorted({(m.model, m.precision, measured["weights"]) for m, measured in best.items()})
-    print("model weights (UNet + VAE + text encoder): "
+    print("model weights (UNet + VAE + text encoders): "
           + ", ".join(f"{MODEL_LABELS[model]} {precision} {size / 2**20:.0f} MiB"
                       for model, precision, size in weights))
     for m, measured in best.items():
@@ -222,7 +223,8 @@ def parse_args():
     cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny model only")
-    parser.add_argument("--models", help="comma-separated: tiny, sd15 (default: both on CPU, sd15 on CUDA)")
+    parser.add_argument("--models", help="comma-separated: tiny, sd15, sdxl (default: tiny and sd15 on CPU, sd15 on "
+                                         "CUDA; sdxl is reduced on a CPU, full size on CUDA)")
     parser.add_argument("--size", type=int, help="training image size in px (default 256 on CPU, 512 on CUDA)")
     parser.add_argument("--batch-sizes", help="comma-separated (default 1,2,4 on CPU; 1,4,8 on CUDA)")
     parser.add_argument("--presets", help=f"comma-separated, of {', '.join(PRESETS)} "
@@ -260,7 +262,7 @@ def parse_args():
     unknown = ([p for p in args.presets + args.uncached if p not in PRESETS]
                + [m for m in args.models if m not in MODEL_LABELS])
     if unknown:
-        parser.error(f"unknown preset or model {unknown[0]!r}; presets: {', '.join(PRESETS)}; models: tiny, sd15")
+        parser.error(f"unknown preset or model {unknown[0]!r}; presets: {', '.join(PRESETS)}; models: tiny, sd15, sdxl")
     return args
 
 

@@ -171,6 +171,49 @@ def build_sd15_shaped(device: torch.device, dtype: torch.dtype) -> LoadedModel:
                        dtype=dtype)
 
 
+def build_sdxl_shaped(device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    """Random weights, SDXL base's shapes: its UNet config (320/640/1280 channels, 2048-wide cross
+    attention, pooled text and time-id conditioning), CLIP ViT-L (768, 12 layers) and OpenCLIP
+    bigG (1280, 32 layers) text encoders, SD's VAE with SDXL's scaling and force_upcast. On a CPU
+    it is reduced (SDXL_CPU_REDUCTION): 2 instead of 10 transformer layers in the deepest level
+    and 8 of bigG's 32 layers, so a step fits a few seconds; on CUDA it is full size."""
+    from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from ti.demo import build_demo_tokenizer
+    from ti.samplers import make_scheduler
+
+    full = device.type == "cuda"
+    tokenizer = build_demo_tokenizer()
+    ids = dict(vocab_size=len(tokenizer), max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    with torch.device(device):
+        unet = UNet2DConditionModel(
+            sample_size=128, block_out_channels=(320, 640, 1280), layers_per_block=2,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            transformer_layers_per_block=(1, 2, 10) if full else (1, 2, 2), attention_head_dim=(5, 10, 20),
+            cross_attention_dim=2048, use_linear_projection=True, addition_embed_type="text_time",
+            addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816)
+        vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                            sample_size=1024, scaling_factor=0.13025, force_upcast=True)
+        text_encoder = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                                    num_attention_heads=12, hidden_act="quick_gelu", **ids))
+        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(
+            hidden_size=1280, intermediate_size=5120, num_hidden_layers=32 if full else 8, num_attention_heads=20,
+            hidden_act="gelu", projection_dim=1280, **ids))
+    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                                     tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet,
+                                     scheduler=make_scheduler("Euler", None), add_watermarker=False)
+    for module in (unet, vae, text_encoder, text_encoder_2):
+        module.eval().requires_grad_(False)
+    pipe.to(device=device, dtype=dtype)
+    return LoadedModel(pipe=pipe, name="sdxl-shaped-random", source="benchmark", sha256="0" * 64, device=device,
+                       dtype=dtype)
+
+
 def build_tiny(device: torch.device, dtype: torch.dtype) -> LoadedModel:
     from ti.demo import build_demo_pipeline
 
@@ -180,7 +223,7 @@ def build_tiny(device: torch.device, dtype: torch.dtype) -> LoadedModel:
                        is_demo=True)
 
 
-BUILDERS = {"tiny": build_tiny, "sd15": build_sd15_shaped}
+BUILDERS = {"tiny": build_tiny, "sd15": build_sd15_shaped, "sdxl": build_sdxl_shaped}
 
 
 def make_workspace(model: LoadedModel, size: int, num_images: int) -> tuple[Path, Path, Path]:
@@ -193,7 +236,8 @@ def make_workspace(model: LoadedModel, size: int, num_images: int) -> tuple[Path
         pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(data / f"{index:05d}-0-a red car, blue sky.png")
     vectors = torch.randn(2, model.text_width, generator=torch.Generator().manual_seed(0)) * 0.02
-    save_embedding_file(Embedding(NAME, vectors=vectors, step=0), embeddings / f"{NAME}.pt")
+    suffix = ".safetensors" if model.is_sdxl else ".pt"  # where SDXL training looks for it
+    save_embedding_file(Embedding(NAME, vectors=vectors, step=0, is_sdxl=model.is_sdxl), embeddings / f"{NAME}{suffix}")
     return root, data, embeddings
 
 
@@ -300,6 +344,8 @@ def measure_floor(model: LoadedModel, size: int, batch_size: int, steps: int, wa
         prediction = pipe.unet(noisy, timesteps, encoder_hidden_states=conditioning).sample
         torch.nn.functional.mse_loss(prediction.float(), noise).backward()
 
+    if model.is_sdxl:
+        floor_step = _sdxl_floor_step(model, input_ids, leaf_module, fixed_embeds, noisy, noise, timesteps, size)
     clock = StepClock(device)
     pipe.text_encoder.set_input_embeddings(leaf_module)
     try:
@@ -316,8 +362,38 @@ def measure_floor(model: LoadedModel, size: int, batch_size: int, steps: int, wa
     return {**clock.result(warmup), "peak": memory.peak_bytes, "flops": flop_counter.get_total_flops()}
 
 
+def _sdxl_floor_step(model, input_ids, leaf_module, fixed_embeds, noisy, noise, timesteps, size):
+    """SDXL's floor: both text encoders forward+backward (gradients into each one's input
+    embeddings through a float32 leaf, as the hook's splice), their penultimate layers side by
+    side, encoder 2's pooled output and the size time ids into the UNet."""
+    pipe, dtype = model.pipe, model.dtype
+    embedding_2 = pipe.text_encoder_2.get_input_embeddings()
+    with torch.no_grad():
+        fixed_embeds_2 = embedding_2(input_ids).float()
+    leaf_module_2 = type(leaf_module)()
+    time_ids = torch.tensor([[size, size, 0, 0, size, size]] * len(input_ids), dtype=dtype, device=input_ids.device)
+
+    def floor_step() -> None:
+        leaf_module.leaf = fixed_embeds.clone().requires_grad_(True)
+        leaf_module_2.leaf = fixed_embeds_2.clone().requires_grad_(True)
+        pipe.text_encoder_2.set_input_embeddings(leaf_module_2)
+        try:
+            context_1 = pipe.text_encoder(input_ids, output_hidden_states=True).hidden_states[-2]
+            out_2 = pipe.text_encoder_2(input_ids, output_hidden_states=True)
+        finally:
+            pipe.text_encoder_2.set_input_embeddings(embedding_2)
+        context = torch.cat([context_1, out_2.hidden_states[-2]], dim=-1)
+        prediction = pipe.unet(noisy, timesteps, encoder_hidden_states=context,
+                               added_cond_kwargs={"text_embeds": out_2.text_embeds, "time_ids": time_ids}).sample
+        torch.nn.functional.mse_loss(prediction.float(), noise).backward()
+
+    return floor_step
+
+
 def weight_bytes(model: LoadedModel) -> int:
-    modules = (model.pipe.unet, model.pipe.vae, model.pipe.text_encoder)
+    modules = [model.pipe.unet, model.pipe.vae, model.pipe.text_encoder]
+    if model.is_sdxl:
+        modules.append(model.pipe.text_encoder_2)
     return sum(t.numel() * t.element_size() for m in modules for t in [*m.parameters(), *m.buffers()])
 
 

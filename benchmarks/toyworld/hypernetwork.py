@@ -11,14 +11,13 @@ never saw them and decodes them back to white on black, so no UNet-side change c
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from benchmarks.toyworld.data import CONCEPT_DIGIT, DIGIT_WORDS, faint_training_pictures
-from benchmarks.toyworld.runs import EVAL_PROMPT, Curve
+from benchmarks.toyworld.runs import EVAL_PROMPT, Curve, run_timed, toy_training_options
 from benchmarks.toyworld.world import digit_reader, generate, is_faint
 
 HYPERNETWORK_NAME = "faint"
@@ -38,7 +37,7 @@ def train_hypernetwork_run(model, work: Path, data_dir: Path, *, steps: int, sav
     """Create a hypernetwork for the world's attention widths and train it; returns (timing, {step: file})."""
     from ti.hypernetwork import create_hypernetwork
     from ti.hypernetwork.apply import attention_widths
-    from ti.train import HypernetworkTrainConfig, TrainHooks, train_hypernetwork
+    from ti.train import HypernetworkTrainConfig, train_hypernetwork
 
     folder = work / "hypernetworks"
     sizes = sorted(set(attention_widths(model.pipe.unet)))
@@ -47,15 +46,8 @@ def train_hypernetwork_run(model, work: Path, data_dir: Path, *, steps: int, sav
     start_copy.parent.mkdir()
     start_copy.write_bytes(start.read_bytes())
     config = HypernetworkTrainConfig(name=HYPERNETWORK_NAME, data_dir=data_dir, learning_rate=learning_rate,
-                                     batch_size=batch_size, templates_dir=str(Path(__file__).resolve().parents[2] /
-                                                                              "textual_inversion_templates"),
-                                     width=64, height=64, max_steps=steps, save_every=save_every, preview_every=0,
-                                     log_dir=str(work / "log"), seed=seed)
-    reached: dict[int, float] = {0: 0.0}
-    started = time.perf_counter()
-    hooks = TrainHooks(on_progress=lambda p: reached.setdefault(p.step, time.perf_counter() - started))
-    train_hypernetwork(model, config, folder, hooks)
-    wall = time.perf_counter() - started
+                                     batch_size=batch_size, **toy_training_options(work, steps, save_every, seed))
+    wall, reached = run_timed(train_hypernetwork, model, config, folder)
     files = {0: start_copy}
     for copy in folder.glob(f"{HYPERNETWORK_NAME}-*.pt"):
         files[int(copy.stem.rsplit("-", 1)[1])] = copy

@@ -20,6 +20,7 @@ from benchmarks.toyworld.world import concept_share, digit_reader, generate
 
 CONCEPT_NAME = "nameless-digit"
 EVAL_PROMPT = "a photo of a {}"
+TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "textual_inversion_templates"
 
 
 @dataclass
@@ -53,21 +54,14 @@ def train_ours(model, work: Path, data_dir: Path, *, steps: int, save_every: int
     (timing, {step: vectors})."""
     from ti.create import create_embedding
     from ti.formats import load_embedding_file
-    from ti.train import TrainConfig, TrainHooks, train_embedding
+    from ti.train import TrainConfig, train_embedding
 
     embeddings_dir = work / "embeddings"
     path = create_embedding(model, CONCEPT_NAME, GENERIC_WORD, vectors_per_token, embeddings_dir, overwrite=True)
     vectors = {0: load_embedding_file(path).vectors}
     config = TrainConfig(name=CONCEPT_NAME, data_dir=data_dir, learning_rate=learning_rate, batch_size=batch_size,
-                         template=template, templates_dir=str(Path(__file__).resolve().parents[2] /
-                                                              "textual_inversion_templates"),
-                         width=64, height=64, max_steps=steps, save_every=save_every, preview_every=0,
-                         log_dir=str(work / "log"), seed=seed)
-    reached: dict[int, float] = {0: 0.0}
-    started = time.perf_counter()
-    hooks = TrainHooks(on_progress=lambda p: reached.setdefault(p.step, time.perf_counter() - started))
-    train_embedding(model, config, embeddings_dir, hooks)
-    wall = time.perf_counter() - started
+                         template=template, **toy_training_options(work, steps, save_every, seed))
+    wall, reached = run_timed(train_embedding, model, config, embeddings_dir)
     for copy in sorted((work / "log").glob(f"*/{CONCEPT_NAME}/embeddings/{CONCEPT_NAME}-*.pt")):
         step = int(copy.stem.rsplit("-", 1)[1])
         vectors[step] = load_embedding_file(copy).vectors
@@ -75,6 +69,22 @@ def train_ours(model, work: Path, data_dir: Path, *, steps: int, save_every: int
                   settings={"learning_rate": learning_rate, "batch_size": batch_size, "template": template})
     curve.seconds = [reached.get(step, wall) for step in sorted(vectors)]
     return curve, vectors
+
+
+def toy_training_options(work: Path, steps: int, save_every: int, seed: int) -> dict:
+    """TrainConfig options every toy-world run shares: 64 px, no previews, logs under work."""
+    return dict(templates_dir=str(TEMPLATES_DIR), width=64, height=64, max_steps=steps, save_every=save_every,
+                preview_every=0, log_dir=str(work / "log"), seed=seed)
+
+
+def run_timed(train, model, config, folder: Path) -> tuple[float, dict[int, float]]:
+    """train(model, config, folder, hooks); returns (wall seconds, {step: seconds when it was reached})."""
+    from ti.train import TrainHooks
+
+    reached: dict[int, float] = {0: 0.0}
+    started = time.perf_counter()
+    train(model, config, folder, TrainHooks(on_progress=lambda p: reached.setdefault(p.step, time.perf_counter() - started)))
+    return time.perf_counter() - started, reached
 
 
 def share_curve(model, curve: Curve, vectors_by_step: dict, *, samples: int, seed: int) -> Curve:

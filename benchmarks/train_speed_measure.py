@@ -338,14 +338,14 @@ def measure_floor(model: LoadedModel, size: int, batch_size: int, steps: int, wa
 
     leaf_module = LeafEmbedding()
 
-    def floor_step() -> None:
+    def sd_floor_step() -> None:
         leaf_module.leaf = fixed_embeds.clone().requires_grad_(True)
         conditioning = pipe.text_encoder(input_ids)[0]
         prediction = pipe.unet(noisy, timesteps, encoder_hidden_states=conditioning).sample
         torch.nn.functional.mse_loss(prediction.float(), noise).backward()
 
-    if model.is_sdxl:
-        floor_step = _sdxl_floor_step(model, input_ids, leaf_module, fixed_embeds, noisy, noise, timesteps, size)
+    floor_step = (_sdxl_floor_step(model, input_ids, leaf_module, fixed_embeds, noisy, noise, timesteps, size)
+                  if model.is_sdxl else sd_floor_step)
     clock = StepClock(device)
     pipe.text_encoder.set_input_embeddings(leaf_module)
     try:

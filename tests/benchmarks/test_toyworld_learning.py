@@ -15,7 +15,7 @@ import pytest
 
 from benchmarks.toyworld.data import (CONCEPT_DIGIT, CONCEPT_PHRASE, DIGIT_WORDS, GENERIC_WORD, HOLLOW_WORD, caption_for,
                                       caption_templates)
-from benchmarks.toyworld.runs import CONCEPT_NAME, EVAL_PROMPT, write_concept_data
+from benchmarks.toyworld.runs import EVAL_PROMPT, write_concept_data
 from benchmarks.toyworld.world import concept_share, generate, load_world
 
 SAMPLES = 48

@@ -44,7 +44,8 @@ def init_vector(model, count: int) -> torch.Tensor:
     return init_vectors(model.tokenizer, weight, GENERIC_WORD, count)
 
 
-def peer_curve(args, work: Path, data_dir: Path, label: str, settings: dict) -> tuple[Curve, dict]:
+def peer_curve(args, work: Path, data_dir: Path, label: str, settings: dict) -> tuple[Curve, dict, dict]:
+    """The peer's run: (timing, {step: vectors}, {step: seconds when its file existed})."""
     from ti.formats import load_embedding_file
 
     from benchmarks.toyworld.peer import run_peer

@@ -109,11 +109,17 @@ def denoise(pipe, scheduler, latents: torch.Tensor, steps: int, cfg_scale: float
     return latents, steps_done
 
 
+def vae_needs_float32(vae) -> bool:
+    """SDXL's VAE overflows in fp16 and its config says so (force_upcast): it must encode and
+    decode in float32, as diffusers' pipelines and training scripts do."""
+    return vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+
+
 def decode(pipe, latents: torch.Tensor, generators) -> list:
-    """Latents -> PIL images, as the pipeline decodes them (no safety checker). SDXL's VAE
-    overflows in fp16 (force_upcast): it decodes in float32, as diffusers does, then goes back."""
+    """Latents -> PIL images, as the pipeline decodes them (no safety checker). An fp16 VAE that
+    asks for it (vae_needs_float32) decodes in float32, then goes back."""
     vae = pipe.vae
-    upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+    upcast = vae_needs_float32(vae)
     if upcast:
         vae.to(torch.float32)
         latents = latents.float()

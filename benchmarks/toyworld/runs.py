@@ -6,7 +6,6 @@ A run gives vectors (or a hypernetwork) at several steps and the seconds each st
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,12 +30,6 @@ class Curve:
     seconds: list[float] = field(default_factory=list)
     wall_seconds: float = 0.0
     settings: dict = field(default_factory=dict)
-
-    def first_step_reaching(self, share: float) -> int | None:
-        return next((s for s, v in zip(self.steps, self.shares) if v >= share), None)
-
-    def seconds_reaching(self, share: float) -> float | None:
-        return next((t for t, v in zip(self.seconds, self.shares) if v >= share), None)
 
 
 def write_concept_data(folder: Path, count: int, seed: int = 0) -> Path:
@@ -124,6 +117,3 @@ def real_concept_share() -> float:
     digits = load_digits()
     return float(np.mean(digit_reader().digits(digits.images[digits.labels == CONCEPT_DIGIT]) == CONCEPT_DIGIT))
 
-
-def rename(embedding, name: str):
-    return dataclasses.replace(embedding, name=name)

@@ -20,6 +20,7 @@ import torch
 from PIL import Image, ImageOps
 
 from ti.locks import module_lock
+from ti.sampling import vae_needs_float32
 from ti.train.dataset import Bucket, PreparedImage, SkippedImage
 from ti.train.seeds import derive_seed, generator_for
 
@@ -79,12 +80,6 @@ def alpha_loss_weight(alpha: Image.Image) -> torch.Tensor:
     return weight / weight.mean()
 
 
-def needs_float32_encode(vae) -> bool:
-    """SDXL's VAE overflows in fp16 (its config says force_upcast): encode in float32, as
-    diffusers' pipelines and training scripts do, or the cached latents are inf/NaN."""
-    return vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
-
-
 @contextmanager
 def _float32_while_encoding(vae) -> Iterator[None]:
     """The VAE in float32 for the block, under its lock (a generation in another tab waits), then back."""
@@ -127,7 +122,8 @@ def encode_images(
     Returns:
         (samples in file-name order, original before flipped; skipped images).
     """
-    with _float32_while_encoding(vae) if needs_float32_encode(vae) else nullcontext():
+    # An fp16 VAE that overflows (SDXL's) would cache inf/NaN latents: encode in float32.
+    with _float32_while_encoding(vae) if vae_needs_float32(vae) else nullcontext():
         return _encode_all(vae, images, latent_sampling, flip, seed, device, on_image)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ti.checkpoint_kind import read_checkpoint_kind
 from ti.config import ModelConfig
 from ti.embedding import model_family_for_width
 from ti.errors import ModelLoadError
@@ -137,6 +138,32 @@ def _folder_pipeline_class(folder: Path) -> str:
         return ""
 
 
+def _load_single_file(path: Path, config: ModelConfig, dtype: torch.dtype):
+    """An original-layout checkpoint (A1111's kind): SD 1/2 or SDXL base, told apart by its keys."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    kind = read_checkpoint_kind(path)
+    if kind.refusal:
+        raise ModelLoadError(f"{path}: {kind.refusal}")
+    is_sdxl = kind.family == "sdxl"
+    if config.model_config:
+        config_class = _folder_pipeline_class(Path(config.model_config))
+        if kind.family != "unknown" and config_class and (config_class == "StableDiffusionXLPipeline") != is_sdxl:
+            raise ModelLoadError(f"{path}: this is {'an SDXL' if is_sdxl else 'an SD 1/2'} checkpoint, but "
+                                 f"--model-config {config.model_config} is a {config_class} folder")
+    elif is_sdxl and _offline():
+        raise ModelLoadError(f"{path}: an SDXL checkpoint needs its configs to load offline: pass --model-config "
+                             "with a diffusers SDXL folder (stabilityai/stable-diffusion-xl-base-1.0's configs and "
+                             "tokenizers; the weights come from the checkpoint)")
+    kwargs = dict(torch_dtype=dtype, local_files_only=_offline() or config.model_config is not None)
+    if config.model_config:
+        kwargs["config"] = config.model_config
+    if is_sdxl:
+        return StableDiffusionXLPipeline.from_single_file(str(path), add_watermarker=False, **kwargs)
+    return StableDiffusionPipeline.from_single_file(str(path), safety_checker=None, requires_safety_checker=False,
+                                                    **kwargs)
+
+
 def _load_diffusers(source: str, config: ModelConfig, dtype: torch.dtype):
     from diffusers import StableDiffusionPipeline
 
@@ -145,10 +172,7 @@ def _load_diffusers(source: str, config: ModelConfig, dtype: torch.dtype):
     if path.is_file():
         if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
             raise ModelLoadError(f"{source}: expected a .safetensors or .ckpt checkpoint, or a diffusers folder")
-        kwargs = dict(common, local_files_only=_offline() or config.model_config is not None)
-        if config.model_config:
-            kwargs["config"] = config.model_config
-        return StableDiffusionPipeline.from_single_file(str(path), **kwargs)
+        return _load_single_file(path, config, dtype)
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise ModelLoadError(f"{source}: this folder is not a diffusers pipeline (no model_index.json)")
@@ -175,7 +199,7 @@ def load_model(config: ModelConfig, hash_cache: HashCache | None = None) -> Load
 
     Raises:
         ModelLoadError: one line naming the path and the problem (missing, not a pipeline,
-            corrupt, SDXL); nothing is half-loaded.
+            corrupt, a refiner or inpainting model); nothing is half-loaded.
     """
     hash_cache = hash_cache or HashCache()
     device = pick_device(config.device)
@@ -195,7 +219,7 @@ def load_model(config: ModelConfig, hash_cache: HashCache | None = None) -> Load
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"{config.model}: could not load a Stable Diffusion model ({first_line})") from exc
     if getattr(pipe, "text_encoder_2", None) is not None and type(pipe).__name__ != "StableDiffusionXLPipeline":
-        raise ModelLoadError(f"{config.model}: this SDXL checkpoint loads only as a diffusers folder for now")
+        raise ModelLoadError(f"{config.model}: loaded as {type(pipe).__name__}; only SDXL base models are supported")
     pipe.set_progress_bar_config(disable=True)
     pipe.to(device)
     for module in (pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):

@@ -16,7 +16,7 @@ For each model and batch size, three ways to do one TI step (train_speed_measure
 
 Presets: fp32, bf16, fp16 (mixed_precision: the frozen UNet, VAE and text encoder in that dtype;
 the model is built in it, as the CLI loads it); +gc gradient checkpointing; +cl channels_last;
-+compile compile_unet. Each preset is compared with the floor of its precision and with ours in
++compile compile_unet; +clip_l (SDXL only) --train-encoders clip_l, te2's outputs cached. Each preset is compared with the floor of its precision and with ours in
 fp32.
 
 Time: median seconds per step after warm-up steps, wall clock and CPU time of the process; the
@@ -47,7 +47,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from train_speed_measure import PRESETS  # noqa: E402
+from train_speed_measure import PRESETS, SDXL_ONLY_PRESETS  # noqa: E402
 
 MEASURE_SCRIPT = Path(__file__).resolve().parent / "train_speed_measure.py"
 MODEL_LABELS = {"tiny": "tiny demo", "sd15": "SD1.5-shaped", "sdxl": "SDXL-shaped"}
@@ -128,7 +128,8 @@ def measure_all(args) -> dict[Measurement, dict]:
             steps = args.steps or (10 if model == "tiny" or args.device == "cuda" else 3)
             warmup = args.warmup if args.warmup >= 0 else (2 if model == "tiny" or args.device == "cuda" else 1)
             rounds = args.rounds or (2 if model == "tiny" else 1)
-            model_presets = [p for p in args.presets if not PRESETS[p].compile_unet or model in args.compile_models]
+            model_presets = [p for p in args.presets if (not PRESETS[p].compile_unet or model in args.compile_models)
+                             and (p not in SDXL_ONLY_PRESETS or model == "sdxl")]
             for batch_size in args.batch_sizes:
                 processes = plan_group(model, batch_size, model_presets, args.uncached)
                 for round_index in range(rounds):

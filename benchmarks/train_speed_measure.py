@@ -68,6 +68,7 @@ class Preset:
     gradient_checkpointing: bool = False
     channels_last: bool = False
     compile_unet: bool = False
+    train_encoders: str = "both"  # SDXL: "clip_l" trains te1's half; te2's outputs are cached per chunk
 
 
 PRESETS = {
@@ -82,7 +83,10 @@ PRESETS = {
     "fp32+compile": Preset("fp32", compile_unet=True),
     "bf16+compile": Preset("bf16", compile_unet=True),
     "fp16+compile": Preset("fp16", compile_unet=True),
+    "fp32+clip_l": Preset("fp32", train_encoders="clip_l"),
+    "bf16+clip_l": Preset("bf16", train_encoders="clip_l"),
 }
+SDXL_ONLY_PRESETS = {name for name, preset in PRESETS.items() if preset.train_encoders != "both"}
 
 
 class PeakMemory:
@@ -274,7 +278,7 @@ def measure_ours(model: LoadedModel, preset: Preset, size: int, batch_size: int,
                          max_steps=warmup + steps, save_every=0, preview_every=0, log_dir=str(root / "logs"),
                          templates_dir=str(TEMPLATES_DIR), mixed_precision=MIXED_PRECISION[preset.precision],
                          gradient_checkpointing=preset.gradient_checkpointing, channels_last=preset.channels_last,
-                         compile_unet=preset.compile_unet)
+                         compile_unet=preset.compile_unet, train_encoders=preset.train_encoders)
     clock = StepClock(model.device)
     flop_counter = None if preset.compile_unet else FlopCounterMode(display=False)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -81,8 +82,10 @@ class PromptEncoder:
     """
 
     def __init__(self, tokenizer, text_encoder, vectors_by_name: Mapping[str, torch.Tensor], clip_skip: int = 1,
-                 penultimate: bool = False):
-        """penultimate: SDXL's context, hidden_states[-2] with no final layer norm (clip_skip unused)."""
+                 penultimate: bool = False, output_cache: ChunkOutputCache | None = None):
+        """penultimate: SDXL's context, hidden_states[-2] with no final layer norm (clip_skip unused).
+        output_cache: keep each distinct chunk's encoder output (for an encoder that nothing trains:
+        its outputs are constant; they come back without gradients)."""
         if len(tokenizer) <= 2:
             raise ValueError("the tokenizer is empty (an offline hub load returns an empty tokenizer)")
         check_clip_skip_for(clip_skip, text_encoder)
@@ -100,6 +103,7 @@ class PromptEncoder:
         pad = tokenizer.pad_token_id
         # SD2's OpenCLIP tokenizer pads with id 0 after the first EOS; SD1's pads with EOS.
         self.pad_id = pad if pad is not None and pad != self.eos_id else None
+        self.output_cache = output_cache
 
     def tokenize(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
@@ -132,6 +136,40 @@ class PromptEncoder:
         return torch.cat(outputs, dim=1)
 
     def _encode_chunks(self, chunks: list[PromptChunk], device: torch.device, keep_pooled: bool = False) -> torch.Tensor:
+        if self.output_cache is None:
+            hidden = self._run_encoder(chunks, device, keep_pooled)
+        else:
+            hidden = self._cached_outputs(chunks, device, keep_pooled)
+        return _apply_emphasis(hidden, chunks)
+
+    def _cached_outputs(self, chunks: list[PromptChunk], device: torch.device, keep_pooled: bool) -> torch.Tensor:
+        """The encoder's outputs for chunks, each distinct chunk encoded once per cache. A chunk's
+        output depends on its tokens and spliced vectors alone (emphasis comes after, over the
+        batch), so the cache keys on those. Misses are encoded one chunk at a time: the same chunk
+        gives the same bits whatever batch it first came in, so a resumed run equals a straight one."""
+        found: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        pooled_before = self.last_pooled  # a miss sets it; only the first chunk's may stay
+        for chunk in chunks:
+            key = chunk_key(chunk)
+            if key in found:
+                continue
+            cached = self.output_cache.get(key)
+            if cached is None:
+                with torch.no_grad():
+                    hidden = self._run_encoder([chunk], device, keep_pooled=True)[0]
+                pooled = None if self.last_pooled is None else self.last_pooled[0]
+                cached = (hidden, pooled)
+                self.output_cache.put(key, cached)
+            found[key] = cached
+        outputs = [found[chunk_key(chunk)] for chunk in chunks]
+        if keep_pooled:
+            self.last_pooled = None if outputs[0][1] is None else torch.stack([pooled for _, pooled in outputs])
+        else:
+            self.last_pooled = pooled_before
+        return torch.stack([hidden for hidden, _ in outputs])
+
+    def _run_encoder(self, chunks: list[PromptChunk], device: torch.device, keep_pooled: bool = False) -> torch.Tensor:
+        """The encoder's output for each chunk, before emphasis: [len(chunks), 77, C]."""
         token_rows = []
         for chunk in chunks:
             tokens = list(chunk.tokens)
@@ -152,15 +190,60 @@ class PromptEncoder:
                 hidden = final_layer_norm(self.text_encoder)(outputs.hidden_states[-self.clip_skip])
             else:
                 hidden = self.text_encoder(input_ids)[0]
-        weights = torch.tensor([c.weights for c in chunks], dtype=torch.float32, device=hidden.device)
-        if torch.all(weights == 1.0):
-            return hidden
-        # A1111 "Original" emphasis: scale each token's output, then restore the overall mean.
-        hidden32 = hidden.float()
-        original_mean = hidden32.mean()
-        hidden32 = hidden32 * weights.unsqueeze(-1)
-        hidden32 = hidden32 * (original_mean / hidden32.mean())
-        return hidden32.to(hidden.dtype)
+        return hidden
+
+
+def _apply_emphasis(hidden: torch.Tensor, chunks: list[PromptChunk]) -> torch.Tensor:
+    """A1111's "Original" emphasis: scale each token's output by its weight, then restore the
+    mean over the whole batch of chunks (so it is applied after the encoder, never cached)."""
+    weights = torch.tensor([c.weights for c in chunks], dtype=torch.float32, device=hidden.device)
+    if torch.all(weights == 1.0):
+        return hidden
+    hidden32 = hidden.float()
+    original_mean = hidden32.mean()
+    hidden32 = hidden32 * weights.unsqueeze(-1)
+    hidden32 = hidden32 * (original_mean / hidden32.mean())
+    return hidden32.to(hidden.dtype)
+
+
+def chunk_key(chunk: PromptChunk) -> tuple:
+    """What an encoder's output for a chunk depends on: its tokens and which embedding sits where."""
+    return tuple(chunk.tokens), tuple((match.offset, match.name) for match in chunk.matches)
+
+
+class ChunkOutputCache:
+    """Least-recently-used store of a frozen encoder's outputs per chunk, bounded in bytes (an
+    SDXL te2 chunk is 77 x 1280 values: 0.4 MB in float32)."""
+
+    def __init__(self, max_bytes: int = 256 * 2**20):
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._entries: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: tuple) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._entries.move_to_end(key)
+        return entry
+
+    def put(self, key: tuple, entry: tuple[torch.Tensor, torch.Tensor | None]) -> None:
+        self._entries[key] = entry
+        self.bytes += _entry_bytes(entry)
+        while self.bytes > self.max_bytes and len(self._entries) > 1:
+            _, evicted = self._entries.popitem(last=False)
+            self.bytes -= _entry_bytes(evicted)
+
+
+def _entry_bytes(entry: tuple[torch.Tensor, torch.Tensor | None]) -> int:
+    return sum(t.numel() * t.element_size() for t in entry if t is not None)
 
 
 @dataclass
@@ -187,12 +270,20 @@ class SDXLPromptEncoder:
     embedding is te2's projection of the first chunk. te2 pads with id 0 after the first EOS.
     """
 
-    def __init__(self, tokenizer, text_encoder, tokenizer_2, text_encoder_2, vectors_by_name: Mapping[str, torch.Tensor]):
+    def __init__(self, tokenizer, text_encoder, tokenizer_2, text_encoder_2, vectors_by_name: Mapping[str, torch.Tensor],
+                 frozen_encoders: tuple[str, ...] = ()):
+        """frozen_encoders: "clip_l" / "clip_g" whose outputs nothing trains (training one half of an
+        embedding, or a hypernetwork): each distinct chunk goes through that encoder once."""
+        unknown = set(frozen_encoders) - {"clip_l", "clip_g"}
+        if unknown:
+            raise ValueError(f"frozen_encoders: unknown {sorted(unknown)}; expected clip_l, clip_g")
         width_l = int(text_encoder.config.hidden_size)
         self.encoder_l = PromptEncoder(tokenizer, text_encoder, {n: v[:, :width_l] for n, v in vectors_by_name.items()},
-                                       penultimate=True)
+                                       penultimate=True,
+                                       output_cache=ChunkOutputCache() if "clip_l" in frozen_encoders else None)
         self.encoder_g = PromptEncoder(tokenizer_2, text_encoder_2,
-                                       {n: v[:, width_l:] for n, v in vectors_by_name.items()}, penultimate=True)
+                                       {n: v[:, width_l:] for n, v in vectors_by_name.items()}, penultimate=True,
+                                       output_cache=ChunkOutputCache() if "clip_g" in frozen_encoders else None)
         self.encoder_g.pad_id = 0  # whatever the folder's tokenizer says: SDXL's te2 was trained so
         self.text_encoder = text_encoder
 

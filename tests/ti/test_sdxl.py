@@ -83,6 +83,54 @@ def test_an_sdxl_embedding_in_our_prompt_equals_diffusers_after_its_two_load_cal
     assert not torch.allclose(ours.context, _ours(xl_pipe, "a tree").context[:, :77], atol=1e-3)
 
 
+def _count_forwards(module, monkeypatch) -> list[int]:
+    calls = []
+    original = module.forward
+
+    def counting_forward(input_ids, *args, **kwargs):
+        calls.append(int(input_ids.shape[0]))
+        return original(input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(module, "forward", counting_forward)
+    return calls
+
+
+@pytest.mark.parametrize("frozen", [("clip_g",), ("clip_l",), ("clip_l", "clip_g")])
+def test_a_frozen_encoder_runs_once_per_distinct_chunk_and_gives_the_same_conditioning(xl_pipe, monkeypatch, frozen):
+    """Training one half of an embedding (or a hypernetwork) leaves the other encoder's outputs
+    constant: they are cached per chunk. Emphasis is over the batch, so it stays outside the cache."""
+    embedding = _sdxl_embedding()
+    vectors = {"xltok": embedding.vectors}
+    long_prompt = ", ".join(["a (red:1.4) xltok tree"] * 14)
+    batches = [["a xltok tree", "(blue sky:0.7), a house"], [long_prompt, "a xltok tree"],
+               ["(blue sky:0.7), a house", "a xltok tree"]]
+    plain = SDXLPromptEncoder(xl_pipe.tokenizer, xl_pipe.text_encoder, xl_pipe.tokenizer_2, xl_pipe.text_encoder_2,
+                              vectors)
+    cached = SDXLPromptEncoder(xl_pipe.tokenizer, xl_pipe.text_encoder, xl_pipe.tokenizer_2, xl_pipe.text_encoder_2,
+                               vectors, frozen_encoders=frozen)
+    with torch.no_grad():
+        expected = [plain.encode(batch)[0] for batch in batches]
+        calls = {name: _count_forwards(module, monkeypatch)
+                 for name, module in (("clip_l", xl_pipe.text_encoder), ("clip_g", xl_pipe.text_encoder_2))}
+        for _ in range(2):
+            for batch, want in zip(batches, expected):
+                got = cached.encode(batch)[0]
+                assert got.context.shape == want.context.shape
+                torch.testing.assert_close(got.context, want.context, rtol=0, atol=2e-5)
+                torch.testing.assert_close(got.pooled, want.pooled, rtol=0, atol=2e-5)
+    long_chunks = len(plain.parse(long_prompt).chunks)
+    assert long_chunks == 2
+    distinct_chunks = 2 + long_chunks + 1  # "a xltok tree", the house, the long prompt's, the padding chunk
+    for name, seen in calls.items():
+        if name in frozen:
+            assert seen == [1] * distinct_chunks, name  # one chunk at a time, each once
+        else:
+            assert sum(seen) == 2 * (2 + 2 * long_chunks + 2), name  # every chunk of every batch, both rounds
+    with pytest.raises(ValueError, match="clip_x"):
+        SDXLPromptEncoder(xl_pipe.tokenizer, xl_pipe.text_encoder, xl_pipe.tokenizer_2, xl_pipe.text_encoder_2,
+                          vectors, frozen_encoders=("clip_x",))
+
+
 def test_txt2img_gives_diffusers_sdxl_picture_and_an_embedding_changes_it(xl_model, xl_pipe):
     config = GenerateConfig(prompt="a red tree", negative_prompt="blurry", steps=3, width=64, height=64, seed=5,
                             sampler="Euler")
@@ -196,6 +244,25 @@ def test_train_encoders_trains_one_half_and_keeps_the_other_exactly(xl_model, tm
     assert torch.equal(parts[kept], start[kept])
 
 
+def test_training_one_half_runs_the_other_encoder_once_per_chunk_and_resumes_exactly(xl_model, tmp_path,
+                                                                                       monkeypatch):
+    from ti.create import create_embedding
+    from ti.train import train_embedding
+
+    template = tmp_path / "one-line.txt"
+    template.write_text("a photo of [name]\n")
+    for folder in ("straight", "resumed"):
+        create_embedding(xl_model, "xltrain", "red car", 2, tmp_path / folder)
+    calls = _count_forwards(xl_model.pipe.text_encoder_2, monkeypatch)
+    options = dict(train_encoders="clip_l", template=str(template))
+    train_embedding(xl_model, _xl_training(tmp_path, max_steps=6, **options), tmp_path / "straight")
+    straight = load_embedding_file(tmp_path / "straight" / "xltrain.safetensors")
+    assert calls == [1]  # six steps of one prompt: te2 ran once, for its one chunk
+    train_embedding(xl_model, _xl_training(tmp_path, max_steps=3, **options), tmp_path / "resumed")
+    train_embedding(xl_model, _xl_training(tmp_path, max_steps=6, **options), tmp_path / "resumed")
+    assert torch.equal(load_embedding_file(tmp_path / "resumed" / "xltrain.safetensors").vectors, straight.vectors)
+
+
 def test_train_encoders_is_refused_off_sdxl_and_for_hypernetworks(demo_model_for_sdxl_tests, tmp_path):
     from ti.create import create_embedding
     from ti.errors import ConfigError
@@ -208,6 +275,34 @@ def test_train_encoders_is_refused_off_sdxl_and_for_hypernetworks(demo_model_for
         _xl_training(tmp_path, train_encoders="clip")
     with pytest.raises(ConfigError, match="hypernetwork acts on the UNet"):
         HypernetworkTrainConfig(**{**vars(_xl_training(tmp_path)), "train_encoders": "clip_l"})
+
+
+@pytest.mark.parametrize("mode, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_sdxl_trains_in_half_precision_on_a_copy_of_both_encoders(xl_model, tmp_path, mode, dtype):
+    """--mixed-precision on an SDXL model loaded in float32: the UNet, VAE and both text encoders
+    of the run are cast copies, the vectors stay float32, the loaded model is untouched, and the
+    loss agrees with a float32 run's to the precision's rounding."""
+    from ti.create import create_embedding
+    from ti.train import train_embedding
+    from ti.train.speed import model_for_training
+
+    with model_for_training(xl_model, _xl_training(tmp_path, mixed_precision=mode)) as run_model:
+        for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+            assert getattr(run_model.pipe, name).dtype == dtype, name
+            assert getattr(run_model.pipe, name) is not getattr(xl_model.pipe, name), name
+    before = {k: v.clone() for k, v in xl_model.pipe.text_encoder_2.state_dict().items()}
+    losses = {}
+    for folder, options in (("full", {}), (mode, {"mixed_precision": mode})):
+        create_embedding(xl_model, "xltrain", "red car", 2, tmp_path / folder)
+        result = train_embedding(xl_model, _xl_training(tmp_path, log_dir=str(tmp_path / f"logs-{folder}"), **options),
+                                 tmp_path / folder)
+        assert result.stop_reason == "finished", result.message
+        losses[folder] = result.loss_history[0][1]
+        trained = load_embedding_file(tmp_path / folder / "xltrain.safetensors")
+        assert trained.vectors.dtype == torch.float32 and torch.isfinite(trained.vectors).all()
+    assert losses[mode] == pytest.approx(losses["full"], rel=0.03)
+    assert xl_model.pipe.text_encoder_2.dtype == torch.float32
+    assert all(torch.equal(v, before[k]) for k, v in xl_model.pipe.text_encoder_2.state_dict().items())
 
 
 def test_sdxl_training_conditions_each_picture_on_its_own_size_and_crop(xl_model, tmp_path, monkeypatch):

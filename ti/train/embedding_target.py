@@ -49,9 +49,12 @@ class EmbeddingTarget(TrainingTarget):
         library = usable_embeddings(config.embeddings_dir or embeddings_dir, model.text_width)
         self.library = {name: embedding for name, embedding in library.items() if name != config.name}
         vectors = {**{n: e.vectors for n, e in self.library.items()}, config.name: self.vectors}
-        if model.is_sdxl:  # clip_l rows into te1, clip_g rows into te2: both halves learn
+        if model.is_sdxl:  # clip_l rows into te1, clip_g rows into te2 (both halves learn by default)
+            # The half that does not train gives each prompt chunk the same output every step:
+            # its encoder runs once per distinct chunk (SDXL's te2 is 5.6x te1's parameters).
+            frozen = {"both": (), "clip_l": ("clip_g",), "clip_g": ("clip_l",)}[config.train_encoders]
             self.prompt_encoder = SDXLPromptEncoder(model.tokenizer, model.text_encoder, model.tokenizer_2,
-                                                    model.text_encoder_2, vectors)
+                                                    model.text_encoder_2, vectors, frozen_encoders=frozen)
         else:
             self.prompt_encoder = PromptEncoder(model.tokenizer, model.text_encoder, vectors,
                                                 clip_skip=effective_clip_skip(model, config.clip_skip)[0])

@@ -66,8 +66,9 @@ class HypernetworkTarget(TrainingTarget):
         self.library = usable_embeddings(config.embeddings_dir, model.text_width)
         vectors = {n: e.vectors for n, e in self.library.items()}
         if model.is_sdxl:
+            # Nothing trains either encoder: each distinct prompt chunk goes through each once.
             self.prompt_encoder = SDXLPromptEncoder(model.tokenizer, model.text_encoder, model.tokenizer_2,
-                                                    model.text_encoder_2, vectors)
+                                                    model.text_encoder_2, vectors, frozen_encoders=("clip_l", "clip_g"))
         else:
             self.prompt_encoder = PromptEncoder(model.tokenizer, model.text_encoder, vectors,
                                                 clip_skip=effective_clip_skip(model, config.clip_skip)[0])

@@ -80,7 +80,8 @@ def _pipeline_with(pipe, **components):
 
 def _cast_model(model: LoadedModel, dtype: torch.dtype) -> LoadedModel:
     pipe = model.pipe
-    cast = {name: cast_copy(getattr(pipe, name), dtype) for name in ("unet", "vae", "text_encoder")}
+    names = ("unet", "vae", "text_encoder", "text_encoder_2") if model.is_sdxl else ("unet", "vae", "text_encoder")
+    cast = {name: cast_copy(getattr(pipe, name), dtype) for name in names}
     return replace(model, pipe=_pipeline_with(pipe, **cast), dtype=dtype)
 
 
@@ -88,14 +89,9 @@ def _cast_model(model: LoadedModel, dtype: torch.dtype) -> LoadedModel:
 def model_for_training(model: LoadedModel, config: TrainConfig) -> Iterator[LoadedModel]:
     """The model the run trains with (see the module docstring); undoes what it set on exit."""
     dtype = training_dtype(model, config.mixed_precision)
-    if getattr(model, "is_sdxl", False):
-        if dtype != model.dtype:
-            raise TrainingError(f"{model.name} is an SDXL model: training it in another precision than it was loaded "
-                                f"in is not supported yet; load it in {str(dtype).removeprefix('torch.')} or use "
-                                "mixed precision auto")
     run_model = model if dtype == model.dtype else _cast_model(model, dtype)
     if run_model is not model:
-        log.info("training with a %s copy of the model's UNet, VAE and text encoder", dtype)
+        log.info("training with a %s copy of the model's UNet, VAE and text encoder(s)", dtype)
     unet = run_model.pipe.unet
     shared = run_model is model
     undo = []

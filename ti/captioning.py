@@ -79,13 +79,15 @@ class BlipCaptioner:
         self.min_length = max(0, min(int(min_length), self.max_length))
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, device: str | None = None, **generation) -> "BlipCaptioner":
+    def from_pretrained(cls, name_or_path: str | Path, device: str | None = None, precision: str | None = None,
+                        **generation) -> "BlipCaptioner":
         """Load BLIP from a local folder or a hub id.
 
         Args:
             name_or_path: a folder holding a saved BlipForConditionalGeneration and BlipProcessor,
                 or a hub id such as "Salesforce/blip-image-captioning-base".
             device: "cpu", "cuda", …; None picks CUDA when present.
+            precision: "full", "half" or "bf16"; None: half on CUDA, full on the CPU (as models load).
             **generation: num_beams, min_length, max_length.
 
         Returns:
@@ -113,7 +115,10 @@ class BlipCaptioner:
                 f"caption model {name_or_path!r}: expected a BLIP captioning model, found model type {config.model_type!r}"
             )
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
+        if precision is None:
+            dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
+        else:
+            dtype = {"full": torch.float32, "half": torch.float16, "bf16": torch.bfloat16}[precision]
         with _quiet_transformers_progress():
             try:
                 processor = BlipProcessor.from_pretrained(source, local_files_only=local_only)

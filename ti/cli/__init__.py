@@ -55,6 +55,38 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-half", action="store_true", help="same as --precision full")
 
 
+# design.md §5's common flags, by argparse dest. Every command takes all of them, so one set of
+# flags can be passed to any command (a wrapper script, a Makefile); where a command has no use for
+# one, add_unused_common_flags adds it with the reason, and main() says so when it is given.
+COMMON_FLAG_DESTS = ("model", "model_config", "embeddings_dir", "hypernetwork_dir", "device", "precision", "no_half",
+                     "seed")
+_COMMON_FLAG_SPECS = {
+    "model": ("--model", {}), "model_config": ("--model-config", {}), "embeddings_dir": ("--embeddings-dir", {}),
+    "hypernetwork_dir": ("--hypernetwork-dir", {}), "device": ("--device", {}),
+    "precision": ("--precision", {"choices": ["full", "half", "bf16"]}),
+    "no_half": ("--no-half", {"action": "store_true"}), "seed": ("--seed", {"type": int}),
+}
+
+
+def add_unused_common_flags(parser: argparse.ArgumentParser, unused: dict[str, str]) -> None:
+    """The common flags this command has no use for ({dest: why}), accepted so every command takes
+    the same common flags; main() prints a one-line note when one of them is given."""
+    for dest, reason in unused.items():
+        flag, extra = _COMMON_FLAG_SPECS[dest]
+        parser.add_argument(flag, dest=dest, default=None, help=f"no effect: {reason}", **extra)
+    parser.set_defaults(unused_common_flags=dict(unused))
+
+
+def unused_flag_notes(args: argparse.Namespace) -> list[str]:
+    """'note: …' lines for the common flags given to a command that does not use them."""
+    notes = []
+    for dest, reason in getattr(args, "unused_common_flags", {}).items():
+        if getattr(args, dest, None) not in (None, False):
+            flag = _COMMON_FLAG_SPECS[dest][0]
+            notes.append(f"note: {args.command}: {flag} has no effect ({reason})")
+    return notes
+
+
 class OneLineErrorParser(argparse.ArgumentParser):
     """argparse, but a bad flag is one line on stderr (the usage block stays in --help), status 2."""
 
@@ -104,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    for note in unused_flag_notes(args):
+        print(note, file=sys.stderr)
     try:
         return int(args.func(args) or 0)
     except TIError as exc:

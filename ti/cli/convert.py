@@ -20,10 +20,23 @@ from ti.formats import EMBEDDING_SUFFIXES, load_embedding_file, save_embedding_f
 
 
 def register(subparsers) -> None:
+    from ti.cli import add_unused_common_flags
+
     parser = subparsers.add_parser("convert", help="convert an embedding between .pt .bin .safetensors .png .webp")
-    parser.add_argument("input", type=Path, metavar="IN", help="embedding file to read")
+    parser.add_argument("input", type=Path, metavar="IN", help="embedding file to read, or a bare name looked up in "
+                        "--embeddings-dir")
     parser.add_argument("output", type=Path, metavar="OUT", help="file to write; its extension picks the format")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    parser.add_argument("--embeddings-dir", default="embeddings", help="where a bare IN name is looked up "
+                        "(default: embeddings)")
+    parser.add_argument("--model", default=None, help="refuse to write a file that does not fit this model "
+                        "(diffusers folder, .safetensors/.ckpt file, or 'demo')")
+    parser.add_argument("--model-config", default=None, help="local diffusers folder with configs for a single-file checkpoint")
+    parser.add_argument("--device", default=None, help="where --model loads (default: cuda when present)")
+    parser.add_argument("--precision", choices=["full", "half", "bf16"], default=None, help="--model's weights precision")
+    parser.add_argument("--no-half", action="store_true", help="same as --precision full")
+    add_unused_common_flags(parser, {"hypernetwork_dir": "convert reads and writes embeddings, not hypernetworks",
+                                     "seed": "converting is exact; nothing in it is random"})
     parser.set_defaults(func=run)
 
 
@@ -51,7 +64,8 @@ def join_diffusers_sdxl_pair(source: Path, first: Embedding) -> tuple[Embedding,
     return joined, sibling
 
 
-def convert_embedding_file(source: Path, target: Path, overwrite: bool = False) -> tuple[Path, Path | None]:
+def convert_embedding_file(source: Path, target: Path, overwrite: bool = False,
+                           model=None) -> tuple[Path, Path | None]:
     """Read `source` and write it as the kind `target`'s extension names; returns (the file
     written, the diffusers _2 file joined into it or None).
 
@@ -59,8 +73,11 @@ def convert_embedding_file(source: Path, target: Path, overwrite: bool = False) 
     embeddings by their file stem and image embeddings by their stored name, so this keeps
     the name the same whichever kind is read back.
 
+    model: a LoadedModel the embedding must fit (its width), or None.
+
     Raises:
-        ConfigError: bad OUT (unknown extension, exists without overwrite, same file as IN).
+        ConfigError: bad OUT (unknown extension, exists without overwrite, same file as IN); an IN
+            that does not fit `model`.
         BadEmbeddingFile, UnsafeFile: IN cannot be read.
     """
     source, target = Path(source), Path(target)
@@ -71,13 +88,28 @@ def convert_embedding_file(source: Path, target: Path, overwrite: bool = False) 
     if target.exists() and not overwrite:
         raise ConfigError("OUT", f"{target} exists; pass --overwrite to replace it")
     embedding, joined = join_diffusers_sdxl_pair(source, load_embedding_file(source))
+    if model is not None and embedding.dim != model.text_width:
+        raise ConfigError("IN", f"{source} is {embedding.dim} wide ({embedding.model_family}); {model.name} takes "
+                                f"{model.text_width}-wide embeddings ({model.family}), so it would not work there")
     renamed = dataclasses.replace(embedding, name=target.stem)
     return save_embedding_file(renamed, target), joined
 
 
 def run(args: argparse.Namespace) -> int:
-    written, joined = convert_embedding_file(args.input, args.output, overwrite=args.overwrite)
+    from ti.cli.info import resolve_file
+
+    source = resolve_file(args.input, Path(args.embeddings_dir), hypernetwork_dir=None)
+    model = None
+    if args.model:
+        from ti.config import ModelConfig
+        from ti.pipeline import load_model
+
+        model = load_model(ModelConfig(model=args.model, model_config=args.model_config, device=args.device,
+                                       precision="full" if args.no_half else args.precision))
+    written, joined = convert_embedding_file(source, args.output, overwrite=args.overwrite, model=model)
     embedding = load_embedding_file(written)  # read back: what was written is what users get
     note = f", joined with {joined}" if joined is not None else ""
-    print(f"wrote {written} ({embedding.format}, {embedding.num_vectors} x {embedding.dim}, {embedding.model_family}{note})")
+    fits = f"; fits {model.name}" if model is not None else ""
+    print(f"wrote {written} ({embedding.format}, {embedding.num_vectors} x {embedding.dim}, {embedding.model_family}"
+          f"{note}{fits})")
     return 0

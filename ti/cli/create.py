@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
-    from ti.cli import add_model_flags
+    from ti.cli import add_model_flags, add_unused_common_flags
 
     parser = subparsers.add_parser("create", help="create an embedding to train")
     parser.add_argument("name")
@@ -15,6 +15,8 @@ def register(subparsers) -> None:
     parser.add_argument("--vectors", type=int, default=1, help="vectors per token, 1-75 (each costs one prompt token)")
     parser.add_argument("--overwrite", action="store_true")
     add_model_flags(parser)
+    add_unused_common_flags(parser, {"seed": "a new embedding copies its init text's token rows (or is zeros); "
+                                             "nothing in it is random"})
     parser.set_defaults(func=run)
 
 

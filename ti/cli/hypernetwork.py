@@ -22,6 +22,8 @@ def register(subparsers) -> None:
 
 
 def register_create(subparsers) -> None:
+    from ti.cli import add_unused_common_flags
+
     parser = subparsers.add_parser("create-hypernetwork", help="create a hypernetwork to train")
     parser.add_argument("name", help="file name without .pt (letters, digits, '._- ')")
     parser.add_argument("--sizes", default=None,
@@ -42,6 +44,9 @@ def register_create(subparsers) -> None:
     parser.add_argument("--model-config", default=None, help="local diffusers folder with configs for a single-file checkpoint")
     parser.add_argument("--device", default=None, help="where --model loads (default: cuda when present)")
     parser.add_argument("--precision", choices=["full", "half", "bf16"], default=None, help="--model's weights precision")
+    parser.add_argument("--no-half", action="store_true", help="same as --precision full")
+    add_unused_common_flags(parser, {"embeddings_dir": "a new hypernetwork's weights come from --init and --seed; "
+                                                       "no embedding is read"})
     parser.set_defaults(func=run_create)
 
 
@@ -64,7 +69,7 @@ def _model_sizes(args: argparse.Namespace) -> list[int]:
     from ti.pipeline import load_model
 
     model = load_model(ModelConfig(model=args.model, model_config=args.model_config, device=args.device,
-                                   precision=args.precision))
+                                   precision="full" if args.no_half else args.precision))
     return attention_widths(model.pipe.unet)
 
 

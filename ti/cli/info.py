@@ -26,7 +26,7 @@ _LABELS = {
 
 
 def register(subparsers) -> None:
-    from ti.cli import add_model_flags
+    from ti.cli import add_model_flags, add_unused_common_flags
 
     parser = subparsers.add_parser("info", help="show what an embedding or hypernetwork file holds")
     parser.add_argument("file", type=Path, help=".pt, .bin, .safetensors, .png or .webp; or a bare name, looked up "
@@ -34,6 +34,7 @@ def register(subparsers) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     # --model: also say whether the file works with it; the folders: where a bare name is looked up.
     add_model_flags(parser)
+    add_unused_common_flags(parser, {"seed": "info only reads files; nothing in it is random"})
     parser.set_defaults(func=run)
 
 
@@ -71,13 +72,14 @@ def format_description(description: dict) -> str:
     return "\n".join(lines)
 
 
-def resolve_file(file: Path, embeddings_dir: Path, hypernetwork_dir: Path) -> Path:
+def resolve_file(file: Path, embeddings_dir: Path, hypernetwork_dir: Path | None) -> Path:
     """FILE as given when it exists; a bare name as <embeddings dir>/NAME.<suffix>, then
-    <hypernetwork dir>/NAME.pt, as prompts and <hypernet:NAME> tags find them."""
+    <hypernetwork dir>/NAME.pt (when given), as prompts and <hypernet:NAME> tags find them."""
     if file.exists() or file.parent != Path(".") or file.suffix.lower() in EMBEDDING_SUFFIXES:
         return file
     candidates = [embeddings_dir / f"{file.name}{suffix}" for suffix in EMBEDDING_SUFFIXES]
-    candidates.append(hypernetwork_dir / f"{file.name}.pt")
+    if hypernetwork_dir is not None:
+        candidates.append(hypernetwork_dir / f"{file.name}.pt")
     return next((path for path in candidates if path.is_file()), file)
 
 

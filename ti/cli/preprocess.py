@@ -13,8 +13,8 @@ import signal
 import sys
 from contextlib import contextmanager
 
+from ti.cli import add_unused_common_flags
 from ti.cli import parse_size as parse_wh
-from ti.errors import ConfigError
 
 _DEFAULTS = dict(size="512x512", split_threshold=0.5, split_overlap=0.2)
 
@@ -73,6 +73,16 @@ def register(subparsers) -> None:
                           help=f"BLIP folder or hub id (default {DEFAULT_CAPTION_MODEL}; offline: a local folder)")
     captions.add_argument("--caption-in-filename", action="store_true", help="name outputs after their caption")
     captions.add_argument("--device", default=None, help="where BLIP runs: cuda, cpu (default: cuda when present)")
+    captions.add_argument("--precision", choices=["full", "half", "bf16"], default=None,
+                          help="BLIP's weights precision (default: half on CUDA, full on the CPU)")
+    captions.add_argument("--no-half", action="store_true", help="same as --precision full")
+    add_unused_common_flags(parser, {
+        "model": "captions come from BLIP (--caption-model), not from the Stable Diffusion model",
+        "model_config": "no Stable Diffusion model is loaded",
+        "embeddings_dir": "preprocessing reads and writes pictures and captions only",
+        "hypernetwork_dir": "preprocessing reads and writes pictures and captions only",
+        "seed": "nothing in preprocessing is random: the same pictures give the same outputs",
+    })
     parser.set_defaults(func=run)
 
 
@@ -102,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
     if config.caption:
         from ti.captioning import BlipCaptioner
 
-        captioner = BlipCaptioner.from_pretrained(config.caption_model, device=args.device)
+        captioner = BlipCaptioner.from_pretrained(config.caption_model, device=args.device,
+                                                  precision="full" if args.no_half else args.precision)
     with _stop_on_first_interrupt() as stop_requested, ProgressBar("preprocessing") as bar:
         result = preprocess_folder(
             config,

@@ -124,3 +124,11 @@ def test_create_hypernetwork_no_half_loads_the_model_in_full_precision(tmp_path,
     assert main(["create-hypernetwork", "hn", "--model", "demo", "--device", "cpu", "--no-half",
                  "--hypernetwork-dir", str(tmp_path)]) == 0
     assert seen == ["full"] and (tmp_path / "hn.pt").is_file()
+
+
+def test_create_notes_the_hypernetwork_dir_and_seed_it_has_no_use_for(tmp_path, capsys):
+    assert main(["create", "newtok", "--model", "demo", "--device", "cpu", "--embeddings-dir", str(tmp_path),
+                 "--hypernetwork-dir", "h", "--seed", "4"]) == 0
+    err = capsys.readouterr().err
+    assert "note: create: --hypernetwork-dir has no effect" in err and "note: create: --seed has no effect" in err
+    assert (tmp_path / "newtok.pt").is_file()

@@ -44,12 +44,16 @@ def parse_size(text: str, allow_square: bool = False) -> tuple[int, int]:
     return int(width), int(height)
 
 
-def add_model_flags(parser: argparse.ArgumentParser) -> None:
-    """Flags shared by every command that loads a model."""
+def add_model_flags(parser: argparse.ArgumentParser, unused: dict[str, str] | None = None) -> None:
+    """Flags shared by every command that loads a model; `unused` ({dest: why}): the folders this
+    command has no use for (add_unused_common_flags adds those)."""
+    unused = unused or {}
     parser.add_argument("--model", default=None, help="diffusers folder, .safetensors/.ckpt file, hub id, or 'demo'")
     parser.add_argument("--model-config", default=None, help="local diffusers folder with configs for a single-file checkpoint")
-    parser.add_argument("--embeddings-dir", default="embeddings", help="folder of embeddings (default: embeddings)")
-    parser.add_argument("--hypernetwork-dir", default="models/hypernetworks", help="folder of hypernetworks")
+    if "embeddings_dir" not in unused:
+        parser.add_argument("--embeddings-dir", default="embeddings", help="folder of embeddings (default: embeddings)")
+    if "hypernetwork_dir" not in unused:
+        parser.add_argument("--hypernetwork-dir", default="models/hypernetworks", help="folder of hypernetworks")
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when present)")
     parser.add_argument("--precision", choices=["full", "half", "bf16"], default=None, help="weights precision")
     parser.add_argument("--no-half", action="store_true", help="same as --precision full")

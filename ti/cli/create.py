@@ -14,9 +14,10 @@ def register(subparsers) -> None:
     parser.add_argument("--init-text", default="*", help="text whose token vectors start the embedding ('' = zeros)")
     parser.add_argument("--vectors", type=int, default=1, help="vectors per token, 1-75 (each costs one prompt token)")
     parser.add_argument("--overwrite", action="store_true")
-    add_model_flags(parser)
-    add_unused_common_flags(parser, {"seed": "a new embedding copies its init text's token rows (or is zeros); "
-                                             "nothing in it is random"})
+    unused = {"hypernetwork_dir": "creating an embedding reads no hypernetwork",
+              "seed": "a new embedding copies its init text's token rows (or is zeros); nothing in it is random"}
+    add_model_flags(parser, unused)
+    add_unused_common_flags(parser, unused)
     parser.set_defaults(func=run)
 
 

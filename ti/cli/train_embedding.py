@@ -16,7 +16,7 @@ __all__ = ["StopOnCtrlC", "config_from_args", "register", "run"]
 
 
 def register(subparsers) -> None:
-    from ti.cli import add_model_flags
+    from ti.cli import add_model_flags, add_unused_common_flags
 
     parser = subparsers.add_parser("train-embedding", help="train an embedding (textual inversion) on a folder of images")
     parser.add_argument("name", help="the embedding: <embeddings-dir>/NAME.pt, made first with `python -m ti create`")
@@ -24,7 +24,9 @@ def register(subparsers) -> None:
     parser.add_argument("--train-encoders", default="both", metavar="{both,clip_l,clip_g}",
                         help="SDXL: train both halves of the embedding, or only the clip_l (text encoder 1) or "
                              "clip_g (text encoder 2) rows; the other half keeps its start values")
-    add_model_flags(parser)
+    unused = {"hypernetwork_dir": "embedding training and its previews apply no hypernetwork"}
+    add_model_flags(parser, unused)
+    add_unused_common_flags(parser, unused)
     parser.set_defaults(func=run)
 
 

@@ -157,6 +157,38 @@ def test_two_processes_train_a_hypernetwork_like_one_with_twice_the_batch(tmp_pa
     assert list((tmp_path / "double-logs").glob("*/*/hypernetwork_loss.csv"))
 
 
+def test_two_processes_train_an_sdxl_embedding_like_one_with_twice_the_batch(tmp_path, kit, one_thread):
+    """SDXL through accelerate: both halves of the vectors, each process's pictures with their own
+    size time ids; two processes with batch 1 train what one with batch 2 does."""
+    from ti.demo import build_demo_sdxl_pipeline
+
+    model_dir = tmp_path / "tiny-xl"
+    build_demo_sdxl_pipeline().save_pretrained(model_dir)
+    data = tmp_path / "data"
+    kit.write_images(data, 4)
+    start = None
+    for folder in ("single", "double"):
+        assert main(["create", "xltok", "--init-text", "red car", "--vectors", "2", "--model", str(model_dir),
+                     "--device", "cpu", "--embeddings-dir", str(tmp_path / folder)]) == 0
+        start = load_embedding_file(tmp_path / folder / "xltok.safetensors")
+
+    def flags(folder: str, batch_size: int) -> list[str]:
+        arguments = _training_flags("embedding", "xltok", data, tmp_path / folder, tmp_path / f"{folder}-logs", 2,
+                                    batch_size, kit.templates_dir)
+        arguments[arguments.index("demo")] = str(model_dir)
+        return arguments
+
+    assert main(flags("single", 2)) == 0
+    _launch_two_processes(flags("double", 1), cwd=tmp_path)
+    single = load_embedding_file(tmp_path / "single" / "xltok.safetensors")
+    double = load_embedding_file(tmp_path / "double" / "xltok.safetensors")
+    assert single.is_sdxl and double.is_sdxl and single.step == double.step == 2
+    for half, vectors in single.sdxl_parts().items():  # both halves trained
+        assert float((vectors - start.sdxl_parts()[half]).abs().max()) > 100 * TOLERANCE, half
+    difference = float((double.vectors - single.vectors).abs().max())
+    assert difference <= TOLERANCE, difference
+
+
 def test_each_process_takes_its_own_positions_of_the_global_micro_batch():
     assert SINGLE_PROCESS.share(4) == slice(0, 4)
     assert DataParallel(num_processes=2, process_index=0).share(4) == slice(0, 2)

@@ -305,6 +305,44 @@ def test_sdxl_trains_in_half_precision_on_a_copy_of_both_encoders(xl_model, tmp_
     assert all(torch.equal(v, before[k]) for k, v in xl_model.pipe.text_encoder_2.state_dict().items())
 
 
+def test_sdxl_training_stops_on_nan_keeping_the_last_good_vectors(xl_model, tmp_path, monkeypatch):
+    from ti.create import create_embedding
+    from ti.train import train_embedding
+
+    create_embedding(xl_model, "xltrain", "red car", 2, tmp_path)
+    unet = xl_model.pipe.unet
+    original, calls = unet.forward, []
+
+    def poisoned_forward(*args, **kwargs):
+        calls.append(1)
+        output = original(*args, **kwargs)
+        if len(calls) >= 3:
+            output.sample = output.sample * float("nan")
+        return output
+
+    monkeypatch.setattr(unet, "forward", poisoned_forward)
+    result = train_embedding(xl_model, _xl_training(tmp_path, max_steps=6, save_every=2), tmp_path)
+    assert result.stop_reason == "nan" and result.step == 2, result.message
+    saved = load_embedding_file(tmp_path / "xltrain.safetensors")
+    copy_at_2 = load_embedding_file(result.log_dir / "embeddings" / "xltrain-2.safetensors")
+    assert saved.step == 2 and saved.is_sdxl and torch.isfinite(saved.vectors).all()
+    assert torch.equal(saved.vectors, copy_at_2.vectors)
+
+
+def test_sdxl_gradient_checkpointing_trains_the_same_vectors_and_is_undone(xl_model, tmp_path):
+    from ti.create import create_embedding
+    from ti.train import train_embedding
+
+    trained = {}
+    for folder, checkpointing in (("plain", False), ("checkpointed", True)):
+        create_embedding(xl_model, "xltrain", "red car", 2, tmp_path / folder)
+        train_embedding(xl_model, _xl_training(tmp_path, gradient_checkpointing=checkpointing,
+                                               log_dir=str(tmp_path / f"logs-{folder}")), tmp_path / folder)
+        trained[folder] = load_embedding_file(tmp_path / folder / "xltrain.safetensors").vectors
+    torch.testing.assert_close(trained["checkpointed"], trained["plain"], rtol=0, atol=1e-6)
+    assert not xl_model.pipe.unet.is_gradient_checkpointing
+
+
 def test_sdxl_training_conditions_each_picture_on_its_own_size_and_crop(xl_model, tmp_path, monkeypatch):
     """SDXL's time ids in training: the file's original size, the crop into its bucket and the
     bucket, per picture (diffusers' and kohya's scripts do the same), not the training size."""

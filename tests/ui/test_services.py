@@ -111,3 +111,25 @@ def test_when_the_new_model_fails_to_load_the_old_one_comes_back(tmp_path, monke
     assert services.model.source == "demo" and services.model_config.model == "demo"
     with services.using_model() as model:
         assert model.pipe is not None
+
+
+def test_switching_to_an_sdxl_single_file_uses_the_startup_model_config(tmp_path):
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from ti.demo import build_demo_sdxl_pipeline
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ti"))
+    from ldm_checkpoint import pipeline_to_ldm
+
+    pipe = build_demo_sdxl_pipeline()
+    pipe.save_pretrained(tmp_path / "xl-configs")
+    (tmp_path / "models").mkdir()
+    save_file(pipeline_to_ldm(pipe), tmp_path / "models" / "tiny-xl.safetensors")
+    services = _services(tmp_path)
+    services.model_config = ModelConfig(model="demo", model_config=str(tmp_path / "xl-configs"), device="cpu")
+    model = services.switch_model(str(tmp_path / "models" / "tiny-xl.safetensors"))
+    assert model.is_sdxl and model.name == "tiny-xl" and services.model.family == "sdxl"
+    assert services.library.expected_width == 2048

@@ -53,6 +53,13 @@ class LoadedModel:
         return width
 
     @property
+    def native_size(self) -> int:
+        """The side, in pixels, the UNet was made for (its sample_size times the VAE's 8x): 512 for
+        SD 1.x, 1024 for SDXL; what diffusers' pipelines generate when no size is given."""
+        vae_scale = 2 ** (len(self.pipe.vae.config.block_out_channels) - 1)
+        return int(self.pipe.unet.config.sample_size) * vae_scale
+
+    @property
     def family(self) -> str:
         return model_family_for_width(self.text_width)
 

@@ -25,13 +25,16 @@ TABS = [
 
 
 def build_app(services) -> gr.Blocks:
-    from ui.model_bar import build_model_bar
+    from ui.model_bar import build_model_bar, follow_model_size
 
     with gr.Blocks(title="ti-studio") as app:
         gr.Markdown("# ti-studio\nTextual inversion and hypernetworks for Stable Diffusion.")
-        build_model_bar(services)
+        bar = build_model_bar(services)
+        built = {}
         for label, module_name, builder_name in TABS:
             module = importlib.import_module(module_name)
             with gr.Tab(label):
-                getattr(module, builder_name)(services)
+                built[builder_name] = getattr(module, builder_name)(services)
+        txt2img = built["build_txt2img_tab"]
+        follow_model_size(bar, services, txt2img["width"], txt2img["height"])
     return app

@@ -29,6 +29,29 @@ def model_status(services: AppServices) -> str:
     return f"Model **{model.name}** [{model.short_hash}] · {model.family} · {model.device} · {str(model.dtype).replace('torch.', '')}"
 
 
+NATIVE_SIDES = (512, 768, 1024)  # SD 1.x, SD 2.x 768-v, SDXL: sizes a user did not choose
+
+
+def size_for_new_model(width: int, height: int, native_side: int) -> tuple[int, int]:
+    """The txt2img size after a model switch: the new model's native size when the old size was a
+    model's native square (nobody chose it), else the size the user set."""
+    if width == height and int(width) in NATIVE_SIDES:
+        return native_side, native_side
+    return int(width), int(height)
+
+
+def follow_model_size(bar: dict, services: AppServices, width: gr.Slider, height: gr.Slider) -> None:
+    """After a switch (the status line changes), txt2img's size follows the model's native size."""
+
+    def on_model_changed(width_value, height_value):
+        if services.model is None:
+            return gr.update(), gr.update()
+        new_width, new_height = size_for_new_model(width_value, height_value, services.model.native_size)
+        return gr.update(value=new_width), gr.update(value=new_height)
+
+    bar["status"].change(on_model_changed, inputs=[width, height], outputs=[width, height])
+
+
 def build_model_bar(services: AppServices) -> dict[str, gr.components.Component]:
     with gr.Row():
         model_dropdown = gr.Dropdown(

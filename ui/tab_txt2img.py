@@ -107,8 +107,9 @@ def build_txt2img_tab(services: AppServices) -> dict[str, gr.components.Componen
                                             info="Automatic: A1111's choice (Karras for DPM++ 2M, DPM++ SDE, DPM2)")
             steps = gr.Slider(label="Sampling steps", minimum=1, maximum=150, step=1, value=20, elem_id="txt2img_steps")
             with gr.Row():
-                width = gr.Slider(label="Width", minimum=64, maximum=2048, step=8, value=512, elem_id="txt2img_width")
-                height = gr.Slider(label="Height", minimum=64, maximum=2048, step=8, value=512, elem_id="txt2img_height")
+                side = services.model.native_size if services.model is not None else 512  # SDXL: 1024
+                width = gr.Slider(label="Width", minimum=64, maximum=2048, step=8, value=side, elem_id="txt2img_width")
+                height = gr.Slider(label="Height", minimum=64, maximum=2048, step=8, value=side, elem_id="txt2img_height")
             with gr.Row():
                 batch_count = gr.Slider(label="Batch count", minimum=1, maximum=100, step=1, value=1)
                 batch_size = gr.Slider(label="Batch size", minimum=1, maximum=8, step=1, value=1)

@@ -153,3 +153,47 @@ def test_cli_generates_from_an_sdxl_single_file(xl_files, tmp_path):
     from PIL import Image
 
     assert "Model: tiny-xl" in Image.open(out).info["parameters"]
+
+
+def test_native_size_is_the_unets_sample_size_in_pixels(xl_files, demo_model_for_size):
+    import copy
+
+    from ti.pipeline import LoadedModel
+
+    folder, _ = xl_files
+    assert demo_model_for_size.native_size == 512  # SD 1.x: 64 latents
+    model = load_model(ModelConfig(model=str(folder), device="cpu"))
+    pipe = copy.copy(model.pipe)
+    pipe.unet = copy.deepcopy(model.pipe.unet)
+    pipe.unet.register_to_config(sample_size=128)  # SDXL base's config
+    assert LoadedModel(pipe=pipe, name="x", source="x", sha256="0" * 64, device=torch.device("cpu"),
+                       dtype=torch.float32).native_size == 1024
+
+
+@pytest.fixture
+def demo_model_for_size():
+    return load_model(ModelConfig(model="demo", device="cpu"))
+
+
+def test_generate_without_a_size_uses_the_models_native_size(xl_files, tmp_path):
+    import json
+    import shutil
+
+    from PIL import Image
+
+    from ti.cli import main
+
+    folder, _ = xl_files
+    small = tmp_path / "small-xl"
+    shutil.copytree(folder, small)
+    config_path = small / "unet" / "config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "sample_size": 9}))  # 72 px
+    common = ["--model", str(small), "--steps", "1", "--seed", "1", "--device", "cpu", "--embeddings-dir",
+              str(tmp_path / "e")]
+    assert main(["generate", "a tree", *common, "--out", str(tmp_path / "native.png")]) == 0
+    assert Image.open(tmp_path / "native.png").size == (72, 72)
+    assert main(["generate", "a tree", *common, "--size", "64x80", "--out", str(tmp_path / "given.png")]) == 0
+    assert Image.open(tmp_path / "given.png").size == (64, 80)
+    assert main(["generate", "--infotext", str(tmp_path / "given.png"), *common[:2], "--device", "cpu",
+                 "--out", str(tmp_path / "pasted.png")]) == 0
+    assert Image.open(tmp_path / "pasted.png").size == (64, 80)  # the infotext's size wins over the native one

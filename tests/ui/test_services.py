@@ -133,3 +133,16 @@ def test_switching_to_an_sdxl_single_file_uses_the_startup_model_config(tmp_path
     model = services.switch_model(str(tmp_path / "models" / "tiny-xl.safetensors"))
     assert model.is_sdxl and model.name == "tiny-xl" and services.model.family == "sdxl"
     assert services.library.expected_width == 2048
+
+
+@pytest.mark.parametrize("size, native, expected", [
+    ((512, 512), 1024, (1024, 1024)),  # SD 1.x's default, not chosen: SDXL's
+    ((1024, 1024), 512, (512, 512)),
+    ((768, 768), 1024, (1024, 1024)),
+    ((640, 512), 1024, (640, 512)),  # the user's own size stays
+    ((896, 896), 512, (896, 896)),
+])
+def test_txt2img_size_follows_the_model_unless_the_user_chose_one(size, native, expected):
+    from ui.model_bar import size_for_new_model
+
+    assert size_for_new_model(*size, native) == expected

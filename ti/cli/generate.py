@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -29,7 +30,8 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=None, help="default -1 (random)")
     parser.add_argument("--clip-skip", type=int, default=None, help="A1111's Clip skip: 1 (default) = the last CLIP layer, "
                         "2 = the penultimate (anime models); ignored on SD 2.x")
-    parser.add_argument("--size", default=None, help="WxH (default 512x512)")
+    parser.add_argument("--size", default=None, help="WxH (default: the model's native size, 512x512 for SD 1.x, "
+                        "1024x1024 for SDXL)")
     parser.add_argument("--batch-count", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--out", default=None, help="PNG file to write (one image); default: outputs/txt2img-images/<date>/")
@@ -45,7 +47,8 @@ DEFAULTS = {"negative_prompt": "", "steps": 20, "sampler": "Euler a", "schedule_
 
 
 def generation_fields(args: argparse.Namespace) -> dict:
-    """GenerateConfig fields: each flag given, else the --infotext's value, else A1111's default.
+    """GenerateConfig fields: each flag given, else the --infotext's value, else A1111's default
+    (the size: 512x512 here; run() puts the model's native size in when neither gave one).
 
     Raises:
         ConfigError: no prompt at all, or an --infotext that cannot be read.
@@ -72,6 +75,13 @@ def generation_fields(args: argparse.Namespace) -> dict:
     return fields
 
 
+def _infotext_gives_size(infotext: str) -> bool:
+    from ti.infotext import read_generation_parameters
+    from ti.samplers import sampler_names
+
+    return "width" in read_generation_parameters(_infotext_from(Path(infotext)), sampler_names()).fields
+
+
 def _infotext_from(path: Path) -> str:
     if not path.is_file():
         raise ConfigError("--infotext", f"{path} is not a file")
@@ -94,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
     from ti.pipeline import default_model_source, load_model
 
     fields = generation_fields(args)
+    size_given = args.size is not None or bool(args.infotext and _infotext_gives_size(args.infotext))
     fields["prompt"] = with_default_hypernetwork(fields["prompt"], args.hypernetwork)
     config = GenerateConfig(**fields, batch_count=args.batch_count, batch_size=args.batch_size)
     if args.out and config.batch_count * config.batch_size != 1:
@@ -105,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
     precision = "full" if args.no_half else args.precision
     model = load_model(ModelConfig(model=args.model or default_model_source(Path("models/Stable-diffusion")),
                                    model_config=args.model_config, device=args.device, precision=precision))
+    if not size_given and model.native_size != config.width:
+        config = dataclasses.replace(config, width=model.native_size, height=model.native_size)
     if model.is_demo:
         print("note: generating with the demo model (random weights: noise pictures); put a checkpoint in "
               "models/Stable-diffusion/ or use --model", file=sys.stderr)

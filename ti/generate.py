@@ -16,6 +16,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from ti import __version__
+from ti.composable import AND_SEPARATOR, split_composable
 from ti.conditioning import Conditioning, PromptEncoder, SDXLPromptEncoder, effective_clip_skip
 from ti.config import GenerateConfig
 from ti.embedding import Embedding
@@ -27,7 +28,7 @@ from ti.locks import module_lock, on_device
 from ti.pipeline import LoadedModel
 from ti.prompt_schedule import merged_schedule, prompt_schedule
 from ti.samplers import infotext_schedule, make_scheduler, split_sampler_name
-from ti.sampling import ConditioningSchedule, decode, denoise
+from ti.sampling import ConditioningSchedule, WeightedConditioning, decode, denoise
 
 ProgressCallback = Callable[[int, int], None]  # (steps done, steps in all)
 
@@ -131,11 +132,16 @@ def txt2img(
                                     vectors)
     else:
         encoder = PromptEncoder(model.tokenizer, model.text_encoder, vectors, clip_skip=clip_skip)
-    # Prompt editing and alternation: the texts each prompt takes over the steps, each parsed once.
-    schedules = [merged_schedule(prompt_schedule(text, config.steps)) for text in (prompt_text, negative_text)]
+    # Composable prompts: the prompt's `AND`-separated subprompts, each with its weight (the
+    # negative is one text, as in A1111). Prompt editing and alternation: the texts each takes
+    # over the steps, each parsed once.
+    subprompts = split_composable(prompt_text)
+    positive_schedules = [merged_schedule(prompt_schedule(part.text, config.steps)) for part in subprompts]
+    negative_schedule = merged_schedule(prompt_schedule(negative_text, config.steps))
+    schedules = [*positive_schedules, negative_schedule]
     parsed = {text: encoder.parse(text) for schedule in schedules for _, text in schedule}
-    positive_parsed = [parsed[text] for _, text in schedules[0]]
-    negative_parsed = [parsed[text] for _, text in schedules[1]]
+    positive_parsed = [parsed[text] for schedule in positive_schedules for _, text in schedule]
+    negative_parsed = [parsed[text] for _, text in negative_schedule]
     used_names: list[str] = []
     for item in positive_parsed + negative_parsed:
         used_names += [name for name in item.used_embeddings if name not in used_names]
@@ -145,6 +151,8 @@ def txt2img(
                               hypernetworks=list(hypernet_tags))
     if clip_skip_note:
         result.notes.append(clip_skip_note)
+    if AND_SEPARATOR.search(negative_text):
+        result.notes.append("AND in the negative prompt is text, as in A1111: only the prompt is composable")
     batch = config.batch_size
     # A training run with "unload" may have parked the text encoder (and the VAE) on the CPU:
     # bring each over for this call under its lock, and back afterwards.
@@ -154,13 +162,14 @@ def txt2img(
             conditioning = encoded if isinstance(encoded, Conditioning) else Conditioning(encoded)
             return conditioning.repeat(batch)
 
-        cond = ConditioningSchedule.encoded(schedules[0], encode)
-        uncond = ConditioningSchedule.encoded(schedules[1], encode)
+        cond = [WeightedConditioning(ConditioningSchedule.encoded(schedule, encode), part.weight)
+                for schedule, part in zip(positive_schedules, subprompts)]
+        uncond = ConditioningSchedule.encoded(negative_schedule, encode)
         if model.is_sdxl:
             # A1111 (and Forge) zero an empty SDXL negative, context and pooled, wherever the
             # schedule has one (diffusers zeroes only a missing one); the time ids stay.
             uncond = ConditioningSchedule([(end, conditioning.zeros_like() if text == "" else conditioning)
-                                           for (end, conditioning), (_, text) in zip(uncond.entries, schedules[1])])
+                                           for (end, conditioning), (_, text) in zip(uncond.entries, negative_schedule)])
     first_seed = resolve_seed(config.seed)
     total_steps = config.steps * config.batch_count
     used = {n: embeddings[n] for n in used_names}

@@ -64,10 +64,41 @@ def _unet(unet, model_input, timestep, conditioning: Conditioning, time_ids):
                 return_dict=False)[0]
 
 
-def denoise(pipe, scheduler, latents: torch.Tensor, steps: int, cfg_scale: float, cond: ConditioningSchedule,
-            uncond: ConditioningSchedule, generators, on_step: Callable[[int], bool],
+@dataclass
+class WeightedConditioning:
+    """One subprompt of a composable prompt (ti.composable): its schedule and its weight."""
+
+    schedule: ConditioningSchedule
+    weight: float = 1.0
+
+
+def _composed_noise(unet, model_input, timestep, conds: list[Conditioning], weights: list[float],
+                    negative: Conditioning, cfg_scale: float, time_ids) -> torch.Tensor:
+    """A1111's combine_denoised: uncond + sum_i weight_i * cfg_scale * (cond_i - uncond). One UNet
+    call when every conditioning has the same length, else one per conditioning (no padding)."""
+    everything = [negative, *conds]
+    if len({c.context.shape[1] for c in everything}) == 1:
+        joined = Conditioning(torch.cat([c.context for c in everything]),
+                              None if negative.pooled is None else torch.cat([c.pooled for c in everything]))
+        predictions = _unet(unet, torch.cat([model_input] * len(everything)), timestep, joined, time_ids).chunk(
+            len(everything))
+    else:
+        predictions = [_unet(unet, model_input, timestep, c, time_ids) for c in everything]
+    noise_negative = predictions[0]
+    noise = noise_negative.clone()
+    for prediction, weight in zip(predictions[1:], weights):
+        noise += (prediction - noise_negative) * (weight * cfg_scale)
+    return noise
+
+
+def denoise(pipe, scheduler, latents: torch.Tensor, steps: int, cfg_scale: float,
+            cond: ConditioningSchedule | Sequence[WeightedConditioning], uncond: ConditioningSchedule, generators,
+            on_step: Callable[[int], bool],
             on_latents: Callable[[torch.Tensor], None] | None = None) -> tuple[torch.Tensor, int]:
     """Run the sampler from `latents` (initial noise, unscaled); returns (latents, steps done).
+
+    cond: the prompt's schedule, or a composable prompt's weighted subprompts (one at weight 1
+    is the same as its schedule alone: diffusers' arithmetic, bit for bit).
 
     on_latents(latents), when given, sees the latents after every model call (live previews).
     on_step(steps_done) is called after every sampler step; True stops the loop there (the
@@ -76,6 +107,9 @@ def denoise(pipe, scheduler, latents: torch.Tensor, steps: int, cfg_scale: float
     the conditioning schedule, as in A1111, advances per model call.
     """
     unet = pipe.unet
+    weighted = [WeightedConditioning(cond)] if isinstance(cond, ConditioningSchedule) else list(cond)
+    composed = not (len(weighted) == 1 and weighted[0].weight == 1.0)
+    cond = weighted[0].schedule
     scheduler.set_timesteps(steps, device=latents.device)
     timesteps = scheduler.timesteps
     latents = latents * scheduler.init_noise_sigma
@@ -83,10 +117,15 @@ def denoise(pipe, scheduler, latents: torch.Tensor, steps: int, cfg_scale: float
     guided = cfg_scale > 1 and unet.config.time_cond_proj_dim is None  # diffusers' rule
     steps_done = 0
     height, width = latents.shape[-2] * pipe.vae_scale_factor, latents.shape[-1] * pipe.vae_scale_factor
-    time_ids = sdxl_time_ids(height, width, 2 * latents.shape[0], latents.dtype, latents.device)
+    calls = 1 + len(weighted)  # the most pictures one UNet call takes: the negative and each subprompt
+    time_ids = sdxl_time_ids(height, width, max(2, calls) * latents.shape[0], latents.dtype, latents.device)
     for index, timestep in enumerate(timesteps):
         positive, negative = cond.at(index), uncond.at(index)
-        if guided:
+        if composed:  # A1111 runs the negative too when the CFG scale is 1 or less
+            model_input = scheduler.scale_model_input(latents, timestep)
+            noise_pred = _composed_noise(unet, model_input, timestep, [w.schedule.at(index) for w in weighted],
+                                         [w.weight for w in weighted], negative, cfg_scale, time_ids)
+        elif guided:
             model_input = scheduler.scale_model_input(torch.cat([latents] * 2), timestep)
             if positive.context.shape[1] == negative.context.shape[1]:
                 both = Conditioning(torch.cat([negative.context, positive.context]),

@@ -7,6 +7,7 @@ import html
 import gradio as gr
 from PIL import Image
 
+from ti.composable import split_composable
 from ti.conditioning import PromptEncoder
 from ti.config import GenerateConfig
 from ti.generate import save_generated, txt2img, with_default_hypernetwork
@@ -18,13 +19,16 @@ from ui.jobs import SessionStops, session_of
 from ui.services import AppServices
 
 
-def token_counter_text(services: AppServices, prompt: str) -> str:
+def token_counter_text(services: AppServices, prompt: str, is_positive: bool = True) -> str:
+    """A1111's counter: the longest subprompt of the prompt (split on AND); the negative whole."""
     snapshot = services.library.snapshot
     with services.using_model() as model:
         encoder = PromptEncoder(model.tokenizer, model.text_encoder,
                                 {n: e.vectors for n, e in snapshot.embeddings.items()})
     try:
-        parsed = encoder.parse(parse_hypernet_tags(prompt or "")[0])
+        text = parse_hypernet_tags(prompt or "")[0]
+        texts = [part.text for part in split_composable(text)] if is_positive else [text]
+        parsed = max((encoder.parse(part) for part in texts), key=lambda item: item.token_count)
     except Exception as exc:
         return f"⚠ {exc}"
     limit = max(1, len(parsed.chunks)) * 75
@@ -175,7 +179,8 @@ def build_txt2img_tab(services: AppServices) -> dict[str, gr.components.Componen
                           outputs=[prompt, negative, sampler, schedule_type, steps, cfg, seed, width, height, clip_skip,
                                    pasted_notes])
     prompt.change(lambda text: token_counter_text(services, text), inputs=[prompt], outputs=[prompt_tokens])
-    negative.change(lambda text: token_counter_text(services, text), inputs=[negative], outputs=[negative_tokens])
+    negative.change(lambda text: token_counter_text(services, text, is_positive=False), inputs=[negative],
+                    outputs=[negative_tokens])
     refresh.click(on_refresh, outputs=[embeddings_md])
     hn_refresh.click(lambda: gr.update(choices=["None"] + services.hypernetwork_names()), outputs=[default_hn])
     generate.click(

@@ -38,8 +38,3 @@ def split_composable(prompt: str) -> list[Subprompt]:
         text, weight = match.groups() if match is not None else (subprompt, None)
         parts.append(Subprompt(text, float(weight) if weight is not None else 1.0))
     return parts
-
-
-def is_plain(parts: list[Subprompt]) -> bool:
-    """One subprompt at weight 1: ordinary classifier-free guidance."""
-    return len(parts) == 1 and parts[0].weight == 1.0

@@ -219,19 +219,11 @@ class ChunkOutputCache:
         self.max_bytes = max_bytes
         self.bytes = 0
         self._entries: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
     def get(self, key: tuple) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         entry = self._entries.get(key)
-        if entry is None:
-            self.misses += 1
-            return None
-        self.hits += 1
-        self._entries.move_to_end(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
         return entry
 
     def put(self, key: tuple, entry: tuple[torch.Tensor, torch.Tensor | None]) -> None:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ti.composable import Subprompt, is_plain, split_composable
+from ti.composable import Subprompt, split_composable
 from ti.conditioning import Conditioning
 from ti.config import GenerateConfig
 from ti.embedding import Embedding
@@ -41,7 +41,6 @@ def demo_model(tiny_pipe):
 def test_split_composable(prompt, expected):
     parts = split_composable(prompt)
     assert parts == [Subprompt(*item) for item in expected]
-    assert is_plain(parts) == (len(expected) == 1 and expected[0][1] == 1.0)
 
 
 class _ContextSumUNet:

@@ -9,6 +9,8 @@ pruned models lack, so we look at which embedders exist instead.
 
 from __future__ import annotations
 
+import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,9 +65,18 @@ def checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     return {key: tuple(value.shape) for key, value in state.items() if hasattr(value, "shape")}
 
 
+def _unpickler_detail(exc: pickle.UnpicklingError) -> str:
+    """torch's one informative line ("Unsupported global: GLOBAL builtins.open …"), up to its first '.'."""
+    match = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+    return f"; it names {match.group(1)}" if match else ""
+
+
 def read_checkpoint_kind(path: Path) -> CheckpointKind:
     """The kind of a checkpoint file; "unknown" when its keys cannot be read without loading it."""
     try:
         return kind_from_keys(checkpoint_shapes(path))
-    except Exception:  # legacy .ckpt formats, odd pickles: diffusers' loader decides (and reports) later
+    except pickle.UnpicklingError as exc:  # torch's weights_only unpickler met something else than tensors
+        return CheckpointKind("unknown", "refused: it holds pickled objects that are not tensors (loading it could "
+                                         f"run code; nothing from it was run){_unpickler_detail(exc)}")
+    except Exception:  # legacy .ckpt formats, truncated files: diffusers' loader decides (and reports) later
         return CheckpointKind("unknown")

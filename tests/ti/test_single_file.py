@@ -197,3 +197,27 @@ def test_generate_without_a_size_uses_the_models_native_size(xl_files, tmp_path)
     assert main(["generate", "--infotext", str(tmp_path / "given.png"), *common[:2], "--device", "cpu",
                  "--out", str(tmp_path / "pasted.png")]) == 0
     assert Image.open(tmp_path / "pasted.png").size == (64, 80)  # the infotext's size wins over the native one
+
+
+class _Payload:
+    """Unpickling this would run code: it writes the file its path names."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_ckpt_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
+    marker = tmp_path / "ran"
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {"model.diffusion_model.x": torch.zeros(1)}, "payload": _Payload(marker)}, path)
+    kind = read_checkpoint_kind(path)
+    assert kind.family == "unknown" and "refused: it holds pickled objects that are not tensors" in kind.refusal
+    with pytest.raises(ModelLoadError) as info:
+        load_model(ModelConfig(model=str(path), model_config=str(tmp_path), device="cpu"))
+    message = str(info.value)
+    assert message.startswith(f"{path}: refused:") and "nothing from it was run" in message and "\n" not in message
+    assert "it names io.open" in message
+    assert not marker.exists()

@@ -66,7 +66,7 @@ def checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 
 
 def _unpickler_detail(exc: pickle.UnpicklingError) -> str:
-    """torch's one informative line ("Unsupported global: GLOBAL builtins.open …"), up to its first '.'."""
+    """The global torch's refusal names ("Unsupported global: GLOBAL io.open …"), as "; it names io.open"."""
     match = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
     return f"; it names {match.group(1)}" if match else ""
 

@@ -43,12 +43,12 @@ def register(subparsers) -> None:
 
 
 DEFAULTS = {"negative_prompt": "", "steps": 20, "sampler": "Euler a", "schedule_type": "Automatic", "cfg_scale": 7.0,
-            "seed": -1, "clip_skip": 1, "width": 512, "height": 512}
+            "seed": -1, "clip_skip": 1}  # no size: the model's native one, once it is loaded
 
 
 def generation_fields(args: argparse.Namespace) -> dict:
-    """GenerateConfig fields: each flag given, else the --infotext's value, else A1111's default
-    (the size: 512x512 here; run() puts the model's native size in when neither gave one).
+    """GenerateConfig fields: each flag given, else the --infotext's value, else A1111's default;
+    the size only when a flag or the infotext gave one (run() then uses the model's native size).
 
     Raises:
         ConfigError: no prompt at all, or an --infotext that cannot be read.
@@ -75,13 +75,6 @@ def generation_fields(args: argparse.Namespace) -> dict:
     return fields
 
 
-def _infotext_gives_size(infotext: str) -> bool:
-    from ti.infotext import read_generation_parameters
-    from ti.samplers import sampler_names
-
-    return "width" in read_generation_parameters(_infotext_from(Path(infotext)), sampler_names()).fields
-
-
 def _infotext_from(path: Path) -> str:
     if not path.is_file():
         raise ConfigError("--infotext", f"{path} is not a file")
@@ -104,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     from ti.pipeline import default_model_source, load_model
 
     fields = generation_fields(args)
-    size_given = args.size is not None or bool(args.infotext and _infotext_gives_size(args.infotext))
+    size_given = "width" in fields
     fields["prompt"] = with_default_hypernetwork(fields["prompt"], args.hypernetwork)
     config = GenerateConfig(**fields, batch_count=args.batch_count, batch_size=args.batch_size)
     if args.out and config.batch_count * config.batch_size != 1:

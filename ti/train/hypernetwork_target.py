@@ -8,8 +8,9 @@
   generation in another thread never sees them. During the step the hypernetwork is in train
   mode (dropout on, strength counts as 1); previews run it in eval mode. Dropout draws from a
   generator seeded by (seed, step), so a resumed run equals an uninterrupted one with dropout too.
-- Unload: the VAE and the text encoder stay on the CPU; prompts are encoded there (each distinct
-  prompt once, kept in a small cache) and the conditioning moved to the device.
+- Conditioning: the text encoder(s) are frozen, so each distinct 77-token chunk is encoded once
+  and kept (ChunkOutputCache). Unload: the VAE and the text encoder stay on the CPU; chunks are
+  encoded there and the conditioning moved to the device.
 - Files: copies every save_every steps at <hypernetwork dir>/<name>-<step>.pt (A1111's place;
   stored name `<name>-<step>`), the final save at <hypernetwork dir>/<name>.pt, each stamped with
   step and checkpoint, each with A1111's `.optim` beside it (checkpoint.py).
@@ -19,7 +20,6 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ti.conditioning import PromptEncoder, SDXLPromptEncoder, effective_clip_skip
+from ti.conditioning import ChunkOutputCache, PromptEncoder, SDXLPromptEncoder, effective_clip_skip
 from ti.config import GenerateConfig
 from ti.errors import BadEmbeddingFile, ConfigError, TrainingError
 from ti.generate import save_png_with_infotext, txt2img
@@ -43,7 +43,6 @@ from ti.train.target import ResumeInfo, TrainingTarget
 
 WEIGHT_DECAY = 0.01  # torch's AdamW default, which A1111 trains hypernetworks with
 STRENGTH_WHILE_TRAINING = 1.0  # counts only in eval mode anyway
-CONDITIONING_CACHE_SIZE = 256  # prompts kept when the text encoder runs on the CPU
 
 
 class HypernetworkTarget(TrainingTarget):
@@ -71,11 +70,11 @@ class HypernetworkTarget(TrainingTarget):
                                                     model.text_encoder_2, vectors, frozen_encoders=("clip_l", "clip_g"))
         else:
             self.prompt_encoder = PromptEncoder(model.tokenizer, model.text_encoder, vectors,
-                                                clip_skip=effective_clip_skip(model, config.clip_skip)[0])
+                                                clip_skip=effective_clip_skip(model, config.clip_skip)[0],
+                                                output_cache=ChunkOutputCache())
         self.has_dropout = any(isinstance(module, nn.Dropout) for module in self.hypernetwork.modules())
         # (SDXL: its two encoders stay where they are; "unload" parks the VAE only.)
         self._encode_on_cpu = bool(config.unload_vae) and not model.is_sdxl
-        self._cache: OrderedDict[tuple[str, int], torch.Tensor] = OrderedDict()
 
     def check(self, template_lines: list[str], template_path: Path) -> None:
         widths = attention_widths(self.model.pipe.unet)
@@ -100,25 +99,11 @@ class HypernetworkTarget(TrainingTarget):
         return [self.model.pipe.vae, self.model.pipe.text_encoder]
 
     def encode(self, prompts: list[str]):
-        """Conditioning without gradients (the text encoder is frozen and nothing is spliced in)."""
+        """Conditioning without gradients: the text encoder is frozen and nothing trains in it,
+        so each distinct prompt chunk goes through it once (the prompt encoder's output cache)."""
         with torch.no_grad():
-            if not self._encode_on_cpu:
-                return self.prompt_encoder.encode(prompts)[0]
-            parsed = [self.prompt_encoder.parse(prompt) for prompt in prompts]
-            num_chunks = max(len(item.chunks) for item in parsed)
-            rows = [self._cached_row(item, num_chunks) for item in parsed]
-            return torch.cat(rows).to(self.model.device)
-
-    def _cached_row(self, parsed, num_chunks: int) -> torch.Tensor:
-        key = (parsed.text, num_chunks)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        row = self.prompt_encoder.encode_parsed([parsed], num_chunks)
-        self._cache[key] = row
-        if len(self._cache) > CONDITIONING_CACHE_SIZE:
-            self._cache.popitem(last=False)
-        return row
+            encoded = self.prompt_encoder.encode(prompts)[0]
+        return encoded.to(self.model.device) if self._encode_on_cpu else encoded
 
     @contextmanager
     def step_context(self, step: int) -> Iterator[None]:

@@ -224,3 +224,22 @@ def test_cli_train_hypernetwork_refusals_are_one_line(capsys, dataset_dir, tmp_p
     code = main(["train-hypernetwork", NAME, "--data", str(dataset_dir), "--hypernetwork-dir", str(tmp_path),
                  "--templates-dir", str(kit.templates_dir), "--lr", "1e-5:x"])
     assert code == 2 and "learning_rate: " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("unload", [False, True])
+def test_the_frozen_text_encoder_runs_once_per_distinct_chunk(demo_model, dataset_dir, hn_dir, hn_config, tmp_path,
+                                                               monkeypatch, unload):
+    template = tmp_path / "one-line.txt"
+    template.write_text("a picture in the style of [name]\n")
+    text_encoder = demo_model.pipe.text_encoder
+    original, calls = text_encoder.forward, []
+
+    def counting_forward(input_ids, *args, **kwargs):
+        calls.append(tuple(input_ids.shape))
+        return original(input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(text_encoder, "forward", counting_forward)
+    result = train_hypernetwork(demo_model, hn_config(dataset_dir, max_steps=5, template=str(template),
+                                                      unload_vae=unload), hn_dir)
+    assert result.stop_reason == "finished" and result.step == 5
+    assert calls == [(1, 77)]  # five steps of one prompt: one chunk, encoded once

@@ -100,6 +100,8 @@ class BlipCaptioner:
         import torch
         from transformers import AutoConfig, BlipForConditionalGeneration, BlipProcessor
 
+        from ti.pipeline import pick_dtype
+
         source, local_only = _resolve_source(name_or_path)
         try:
             config = AutoConfig.from_pretrained(source, local_files_only=local_only)
@@ -115,10 +117,7 @@ class BlipCaptioner:
                 f"caption model {name_or_path!r}: expected a BLIP captioning model, found model type {config.model_type!r}"
             )
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if precision is None:
-            dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
-        else:
-            dtype = {"full": torch.float32, "half": torch.float16, "bf16": torch.bfloat16}[precision]
+        dtype = pick_dtype(precision, torch.device(device))  # as the Stable Diffusion model's
         with _quiet_transformers_progress():
             try:
                 processor = BlipProcessor.from_pretrained(source, local_files_only=local_only)

@@ -117,8 +117,8 @@ def denoise(pipe, scheduler, latents: torch.Tensor, steps: int, cfg_scale: float
     guided = cfg_scale > 1 and unet.config.time_cond_proj_dim is None  # diffusers' rule
     steps_done = 0
     height, width = latents.shape[-2] * pipe.vae_scale_factor, latents.shape[-1] * pipe.vae_scale_factor
-    calls = 1 + len(weighted)  # the most pictures one UNet call takes: the negative and each subprompt
-    time_ids = sdxl_time_ids(height, width, max(2, calls) * latents.shape[0], latents.dtype, latents.device)
+    # Enough rows for the largest UNet call: the negative and every subprompt.
+    time_ids = sdxl_time_ids(height, width, (1 + len(weighted)) * latents.shape[0], latents.dtype, latents.device)
     for index, timestep in enumerate(timesteps):
         positive, negative = cond.at(index), uncond.at(index)
         if composed:  # A1111 runs the negative too when the CFG scale is 1 or less

@@ -14,6 +14,7 @@ import importlib
 import os
 import sys
 
+from ti.config import PRECISIONS
 from ti.errors import ConfigError, TIError
 
 # Module names under ti/cli/, in the order they appear in --help.
@@ -44,40 +45,46 @@ def parse_size(text: str, allow_square: bool = False) -> tuple[int, int]:
     return int(width), int(height)
 
 
-def add_model_flags(parser: argparse.ArgumentParser, unused: dict[str, str] | None = None) -> None:
-    """Flags shared by every command that loads a model; `unused` ({dest: why}): the folders this
-    command has no use for (add_unused_common_flags adds those)."""
-    unused = unused or {}
-    parser.add_argument("--model", default=None, help="diffusers folder, .safetensors/.ckpt file, hub id, or 'demo'")
-    parser.add_argument("--model-config", default=None, help="local diffusers folder with configs for a single-file checkpoint")
-    if "embeddings_dir" not in unused:
-        parser.add_argument("--embeddings-dir", default="embeddings", help="folder of embeddings (default: embeddings)")
-    if "hypernetwork_dir" not in unused:
-        parser.add_argument("--hypernetwork-dir", default="models/hypernetworks", help="folder of hypernetworks")
-    parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when present)")
-    parser.add_argument("--precision", choices=["full", "half", "bf16"], default=None, help="weights precision")
-    parser.add_argument("--no-half", action="store_true", help="same as --precision full")
-
-
-# design.md §5's common flags, by argparse dest. Every command takes all of them, so one set of
-# flags can be passed to any command (a wrapper script, a Makefile); where a command has no use for
-# one, add_unused_common_flags adds it with the reason, and main() says so when it is given.
-COMMON_FLAG_DESTS = ("model", "model_config", "embeddings_dir", "hypernetwork_dir", "device", "precision", "no_half",
-                     "seed")
-_COMMON_FLAG_SPECS = {
-    "model": ("--model", {}), "model_config": ("--model-config", {}), "embeddings_dir": ("--embeddings-dir", {}),
-    "hypernetwork_dir": ("--hypernetwork-dir", {}), "device": ("--device", {}),
-    "precision": ("--precision", {"choices": ["full", "half", "bf16"]}),
-    "no_half": ("--no-half", {"action": "store_true"}), "seed": ("--seed", {"type": int}),
+# design.md §5's common flags, by argparse dest: (flag, argparse options). Every command takes all
+# of them, so one set of flags can be passed to any command (a wrapper script, a Makefile); where a
+# command has no use for one, add_unused_common_flags adds it with the reason, and main() says so
+# when it is given.
+COMMON_FLAGS = {
+    "model": ("--model", dict(default=None, help="diffusers folder, .safetensors/.ckpt file, hub id, or 'demo'")),
+    "model_config": ("--model-config", dict(default=None, help="local diffusers folder with configs for a "
+                                                               "single-file checkpoint")),
+    "embeddings_dir": ("--embeddings-dir", dict(default="embeddings", help="folder of embeddings (default: embeddings)")),
+    "hypernetwork_dir": ("--hypernetwork-dir", dict(default="models/hypernetworks", help="folder of hypernetworks")),
+    "device": ("--device", dict(default=None, help="cuda, cuda:1, cpu (default: cuda when present)")),
+    "precision": ("--precision", dict(choices=PRECISIONS, default=None, help="weights precision")),
+    "no_half": ("--no-half", dict(action="store_true", help="same as --precision full")),
+    "seed": ("--seed", dict(type=int, default=None, help="seed (default random)")),
 }
+COMMON_FLAG_DESTS = tuple(COMMON_FLAGS)
+
+
+def add_common_flag(container, dest: str, **overrides) -> None:
+    """One of COMMON_FLAGS on a parser or argument group, its options overridden (a help that says
+    what it does for this command)."""
+    flag, options = COMMON_FLAGS[dest]
+    container.add_argument(flag, **{**options, **overrides})
+
+
+def add_model_flags(parser: argparse.ArgumentParser, unused: dict[str, str] | None = None,
+                    helps: dict[str, str] | None = None) -> None:
+    """The common flags of every command that loads a model (all but --seed); `unused` ({dest: why}):
+    the folders this command has no use for (add_unused_common_flags adds those); `helps`: what a
+    flag does for this command, where that is more than its usual help says."""
+    for dest in COMMON_FLAGS:
+        if dest != "seed" and dest not in (unused or {}):
+            add_common_flag(parser, dest, **({"help": helps[dest]} if dest in (helps or {}) else {}))
 
 
 def add_unused_common_flags(parser: argparse.ArgumentParser, unused: dict[str, str]) -> None:
     """The common flags this command has no use for ({dest: why}), accepted so every command takes
     the same common flags; main() prints a one-line note when one of them is given."""
     for dest, reason in unused.items():
-        flag, extra = _COMMON_FLAG_SPECS[dest]
-        parser.add_argument(flag, dest=dest, default=None, help=f"no effect: {reason}", **extra)
+        add_common_flag(parser, dest, default=None, help=f"no effect: {reason}")
     parser.set_defaults(unused_common_flags=dict(unused))
 
 
@@ -86,7 +93,7 @@ def unused_flag_notes(args: argparse.Namespace) -> list[str]:
     notes = []
     for dest, reason in getattr(args, "unused_common_flags", {}).items():
         if getattr(args, dest, None) not in (None, False):
-            flag = _COMMON_FLAG_SPECS[dest][0]
+            flag = COMMON_FLAGS[dest][0]
             notes.append(f"note: {args.command}: {flag} has no effect ({reason})")
     return notes
 

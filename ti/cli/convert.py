@@ -20,23 +20,20 @@ from ti.formats import EMBEDDING_SUFFIXES, load_embedding_file, save_embedding_f
 
 
 def register(subparsers) -> None:
-    from ti.cli import add_unused_common_flags
+    from ti.cli import add_model_flags, add_unused_common_flags
 
     parser = subparsers.add_parser("convert", help="convert an embedding between .pt .bin .safetensors .png .webp")
     parser.add_argument("input", type=Path, metavar="IN", help="embedding file to read, or a bare name looked up in "
                         "--embeddings-dir")
     parser.add_argument("output", type=Path, metavar="OUT", help="file to write; its extension picks the format")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    parser.add_argument("--embeddings-dir", default="embeddings", help="where a bare IN name is looked up "
-                        "(default: embeddings)")
-    parser.add_argument("--model", default=None, help="refuse to write a file that does not fit this model "
-                        "(diffusers folder, .safetensors/.ckpt file, or 'demo')")
-    parser.add_argument("--model-config", default=None, help="local diffusers folder with configs for a single-file checkpoint")
-    parser.add_argument("--device", default=None, help="where --model loads (default: cuda when present)")
-    parser.add_argument("--precision", choices=["full", "half", "bf16"], default=None, help="--model's weights precision")
-    parser.add_argument("--no-half", action="store_true", help="same as --precision full")
-    add_unused_common_flags(parser, {"hypernetwork_dir": "convert reads and writes embeddings, not hypernetworks",
-                                     "seed": "converting is exact; nothing in it is random"})
+    unused = {"hypernetwork_dir": "convert reads and writes embeddings, not hypernetworks",
+              "seed": "converting is exact; nothing in it is random"}
+    add_model_flags(parser, unused, helps={
+        "model": "refuse to write a file that does not fit this model (diffusers folder, .safetensors/.ckpt file, "
+                 "or 'demo')",
+        "embeddings_dir": "where a bare IN name is looked up (default: embeddings)"})
+    add_unused_common_flags(parser, unused)
     parser.set_defaults(func=run)
 
 

@@ -22,7 +22,7 @@ def register(subparsers) -> None:
 
 
 def register_create(subparsers) -> None:
-    from ti.cli import add_unused_common_flags
+    from ti.cli import add_common_flag, add_unused_common_flags
 
     parser = subparsers.add_parser("create-hypernetwork", help="create a hypernetwork to train")
     parser.add_argument("name", help="file name without .pt (letters, digits, '._- ')")
@@ -39,12 +39,10 @@ def register_create(subparsers) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing file of that name")
     parser.add_argument("--hypernetwork-dir", default="models/hypernetworks", help="folder of hypernetworks (default models/hypernetworks)")
     parser.add_argument("--seed", type=int, default=None, help="seed for the initial weights (default random)")
-    parser.add_argument("--model", default=None, help="the model it is for: its attention widths become the default "
-                        "--sizes (diffusers folder, .safetensors/.ckpt file, or 'demo')")
-    parser.add_argument("--model-config", default=None, help="local diffusers folder with configs for a single-file checkpoint")
-    parser.add_argument("--device", default=None, help="where --model loads (default: cuda when present)")
-    parser.add_argument("--precision", choices=["full", "half", "bf16"], default=None, help="--model's weights precision")
-    parser.add_argument("--no-half", action="store_true", help="same as --precision full")
+    add_common_flag(parser, "model", help="the model it is for: its attention widths become the default --sizes "
+                                          "(diffusers folder, .safetensors/.ckpt file, or 'demo')")
+    for dest in ("model_config", "device", "precision", "no_half"):
+        add_common_flag(parser, dest)
     add_unused_common_flags(parser, {"embeddings_dir": "a new hypernetwork's weights come from --init and --seed; "
                                                        "no embedding is read"})
     parser.set_defaults(func=run_create)

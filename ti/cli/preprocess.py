@@ -13,7 +13,7 @@ import signal
 import sys
 from contextlib import contextmanager
 
-from ti.cli import add_unused_common_flags
+from ti.cli import add_common_flag, add_unused_common_flags
 from ti.cli import parse_size as parse_wh
 
 _DEFAULTS = dict(size="512x512", split_threshold=0.5, split_overlap=0.2)
@@ -73,9 +73,8 @@ def register(subparsers) -> None:
                           help=f"BLIP folder or hub id (default {DEFAULT_CAPTION_MODEL}; offline: a local folder)")
     captions.add_argument("--caption-in-filename", action="store_true", help="name outputs after their caption")
     captions.add_argument("--device", default=None, help="where BLIP runs: cuda, cpu (default: cuda when present)")
-    captions.add_argument("--precision", choices=["full", "half", "bf16"], default=None,
-                          help="BLIP's weights precision (default: half on CUDA, full on the CPU)")
-    captions.add_argument("--no-half", action="store_true", help="same as --precision full")
+    add_common_flag(captions, "precision", help="BLIP's weights precision (default: half on CUDA, full on the CPU)")
+    add_common_flag(captions, "no_half")
     add_unused_common_flags(parser, {
         "model": "captions come from BLIP (--caption-model), not from the Stable Diffusion model",
         "model_config": "no Stable Diffusion model is loaded",
